@@ -1,0 +1,52 @@
+"""The virtual Pi behaves like the board it stands for, as far as a container can."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from molecule_podman_hosts import hosts_in
+
+testinfra_hosts = hosts_in("all")
+
+EXPECTED_MACHINE = {"arm64": "aarch64", "native": os.uname().machine}[
+    os.environ.get("MOLECULE_ARCH", "arm64")
+]
+
+
+def test_architecture(host):
+    assert host.check_output("uname -m") == EXPECTED_MACHINE
+
+
+def test_systemd_is_pid1_and_booted(host):
+    assert host.check_output("cat /proc/1/comm") == "systemd"
+    state = host.run("systemctl is-system-running").stdout.strip()
+    assert state in ("running", "degraded"), state
+
+
+def test_debian_bookworm_with_python(host):
+    assert host.system_info.distribution == "debian"
+    assert host.system_info.codename == "bookworm"
+    assert host.exists("python3")
+
+
+def test_memory_limit_is_applied(host):
+    name = host.backend.name
+    limit = subprocess.run(
+        ["podman", "inspect", "--format", "{{.HostConfig.Memory}}", name],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    assert int(limit) == 1024**3
+
+
+def test_fleet_names_resolve_on_the_project_network(host):
+    for other in hosts_in("all"):
+        other_name = other.removeprefix("podman://")
+        # getent uses the resolver the container really has (aardvark-dns on the test network).
+        out = host.run(f"getent hosts {other_name}")
+        assert out.rc == 0 and out.stdout.split(), f"{other_name} does not resolve"
+
+
+def test_apt_cache_is_shared(host):
+    assert host.file("/var/cache/apt/archives").is_directory
+    assert "/var/cache/apt/archives" in host.check_output("cat /proc/self/mountinfo")

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The virtual Pi fleet: three arm64 containers provisioned by playbooks/site.yml.
+#   scripts/demo.sh up     build/start the fleet, deploy, print what runs where
+#   scripts/demo.sh down   remove the containers and the network (secrets stay on the controller)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NETWORK=berrychat-demo
+HOSTS=(berrychat-pi-1 berrychat-pi-2 berrychat-pi-3)
+ARCH=${DEMO_ARCH:-arm64}
+HTTP_PORT=${DEMO_HTTP_PORT:-8080}
+HTTPS_PORT=${DEMO_HTTPS_PORT:-8443}
+APT_CACHE=${BERRYCHAT_APT_CACHE:-/var/cache/berrychat/apt}/$ARCH
+
+down() {
+  for h in "${HOSTS[@]}"; do podman rm -f -t 10 "$h" >/dev/null 2>&1 || true; done
+  podman network rm "$NETWORK" >/dev/null 2>&1 || true
+  echo "virtual fleet removed (generated secrets kept in inventory/local/secrets/)"
+}
+
+start_fleet() {
+  podman network exists "$NETWORK" || podman network create "$NETWORK" >/dev/null
+  mkdir -p "$APT_CACHE/partial"
+  for h in "${HOSTS[@]}"; do
+    if podman container exists "$h"; then
+      [[ "$(podman inspect -f '{{.State.Running}}' "$h")" == true ]] || podman start "$h" >/dev/null
+      continue
+    fi
+    ports=()
+    # The edge Pi publishes HTTP/HTTPS on the host's loopback only.
+    if [[ "$h" == berrychat-pi-1 ]]; then
+      ports=(-p "127.0.0.1:$HTTP_PORT:80" -p "127.0.0.1:$HTTPS_PORT:443")
+    fi
+    podman run -d --name "$h" --hostname "$h" --network "$NETWORK" \
+      --memory 4g --ulimit nofile=20000:20000 --ulimit nproc=8192:8192 \
+      --systemd always -v "$APT_CACHE:/var/cache/apt/archives:rw" \
+      --label berrychat-demo=true "${ports[@]}" \
+      "localhost/berrychat-pi:$ARCH" /sbin/init >/dev/null
+    echo "started $h"
+  done
+  for h in "${HOSTS[@]}"; do
+    state=$(podman exec "$h" systemctl is-system-running --wait 2>/dev/null || true)
+    [[ "$state" == running || "$state" == degraded ]] || { echo "$h did not boot ($state)" >&2; exit 1; }
+  done
+}
+
+report() {
+  echo
+  echo "BerryChat virtual fleet ($ARCH containers on podman network $NETWORK)"
+  printf '%-16s %-8s %-40s %s\n' HOST ARCH GROUPS SERVICES
+  for h in "${HOSTS[@]}"; do
+    arch=$(podman exec "$h" uname -m)
+    groups=$(ansible-inventory -i inventory/local --host "$h" >/dev/null 2>&1 && \
+      ansible-inventory -i inventory/local --graph | awk -v h="$h" '
+        /@/ {g=$0; sub(/.*@/, "", g); sub(/:$/, "", g)} index($0, h) {print g}' | grep -v '^all$' | sort -u | paste -sd, -)
+    services=$(podman exec "$h" bash -c '
+      for u in nginx berrychat mariadb redis-server prometheus grafana-server; do
+        systemctl list-units --type=service --state=active --no-legend "$u*" 2>/dev/null | awk "{print \$1}"
+      done' | sed 's/\.service//' | paste -sd, -)
+    printf '%-16s %-8s %-40s %s\n' "$h" "$arch" "$groups" "${services:--}"
+  done
+  echo
+  echo "Web client:  http://127.0.0.1:$HTTP_PORT/  https://127.0.0.1:$HTTPS_PORT/ (once the edge roles are deployed)"
+  echo "Shell:       podman exec -it berrychat-pi-1 bash"
+  echo "Secrets:     inventory/local/secrets/ (generated on first deploy, kept on this machine)"
+  echo "Re-deploy:   ansible-playbook -i inventory/local playbooks/site.yml"
+  echo "Remove:      make demo-down"
+}
+
+case "${1:-up}" in
+  up)
+    podman image exists "localhost/berrychat-pi:$ARCH" || bash images/build.sh "$ARCH"
+    start_fleet
+    ansible-playbook -i inventory/local playbooks/site.yml
+    report
+    ;;
+  down) down ;;
+  status) report ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

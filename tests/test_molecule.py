@@ -1,0 +1,60 @@
+"""Every Molecule scenario as one pytest item, so `make test` ends with one summary line.
+
+Scenarios run in parallel under pytest-xdist (`--dist loadgroup`, one group per scenario).
+Each scenario's full log is kept under .cache/molecule-logs/<scenario>.log and its tail is
+shown on failure.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGS = ROOT / ".cache" / "molecule-logs"
+# Bounded: a scenario that hangs is killed rather than eating CI's whole budget.
+SCENARIO_TIMEOUT_S = int(os.environ.get("MOLECULE_SCENARIO_TIMEOUT", "2400"))
+
+
+def _all_scenarios() -> list[str]:
+    return sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "scenario" not in metafunc.fixturenames:
+        return
+    wanted = metafunc.config.getoption("--scenarios").split()
+    known = _all_scenarios()
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        raise pytest.UsageError(f"unknown Molecule scenario(s): {', '.join(unknown)}")
+    chosen = wanted or known
+    metafunc.parametrize(
+        "scenario", [pytest.param(s, marks=pytest.mark.xdist_group(s)) for s in chosen]
+    )
+
+
+def test_scenario(scenario: str) -> None:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log = LOGS / f"{scenario}.log"
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", NO_COLOR="1")
+    started = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.run(
+            ["molecule", "test", "-s", scenario],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=SCENARIO_TIMEOUT_S,
+            check=False,
+        )
+    took = time.monotonic() - started
+    print(f"molecule {scenario} ({os.environ.get('MOLECULE_ARCH', 'arm64')}): {took:.0f}s")
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-80:])
+        pytest.fail(f"molecule test -s {scenario} failed (rc={proc.returncode}); log {log}\n{tail}")
