@@ -1,0 +1,181 @@
+"""The `berrychat` command: serve, migrate, check-config, user add|disable|enable|reset-password."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import __version__, config
+from .chat.accounts import Accounts
+from .protocol.codes import ChatError
+from .store import Store, StoreError, open_store
+
+
+def _settings(args: argparse.Namespace) -> config.Settings:
+    return config.load(args.config)
+
+
+def _run(coro: Awaitable[Any]) -> Any:
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        return uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def _with_store(settings: config.Settings, fn: Callable[[Store], Awaitable[Any]]) -> Any:
+    store = open_store(settings.database)
+    await store.connect()
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.host:
+        settings = settings.replace(server={"host": args.host})
+    if args.port is not None:
+        settings = settings.replace(server={"port": args.port})
+    from .server import serve
+
+    _run(serve(settings))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def go(store: Store) -> list[int]:
+        return await store.migrate()
+
+    applied = _run(_with_store(settings, go))
+    print(f"applied migrations: {applied}" if applied else "schema is current")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = config.load(args.file)
+    if args.print:
+        print(json.dumps(config.redacted(settings), indent=2))
+    else:
+        print(
+            f"config ok: {args.file} (database {settings.database.type}, "
+            f"listen {settings.server.host}:{settings.server.port})"
+        )
+    return 0
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_env:
+        pw = os.environ.get(args.password_env)
+        if pw is None:
+            raise SystemExit(f"error: environment variable {args.password_env} is not set")
+        return pw
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    pw = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != pw:
+        raise SystemExit("error: passwords differ")
+    return pw
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def go(store: Store) -> str:
+        await store.migrate()
+        acc = Accounts(settings.auth, store)
+        if args.action == "add":
+            role = "admin" if args.admin else "user"
+            u = await acc.register(args.username, _password(args), args.display_name or "", role)
+            return f"created user {u['username']} (id {u['id']}, role {role})"
+        if args.action == "disable":
+            await acc.set_disabled(args.username, True)
+            return f"disabled {args.username}; its sessions are revoked"
+        if args.action == "enable":
+            await acc.set_disabled(args.username, False)
+            return f"enabled {args.username}"
+        if args.action == "reset-password":
+            await acc.reset_password(args.username, _password(args))
+            return f"password of {args.username} reset; its sessions are revoked"
+        raise AssertionError(args.action)
+
+    try:
+        print(_run(_with_store(settings, go)))
+    except ChatError as e:
+        print(f"error: {e.code}: {e.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="berrychat", description="BerryChat instant-messaging server")
+    p.add_argument("--version", action="version", version=f"berrychat {__version__}")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the server")
+    s.add_argument("--config", "-c", help="config.json (default: embedded SQLite defaults)")
+    s.add_argument("--host", help="override server.host")
+    s.add_argument("--port", type=int, help="override server.port")
+    s.set_defaults(fn=cmd_serve)
+
+    m = sub.add_parser("migrate", help="create or upgrade the database schema (safe to re-run)")
+    m.add_argument("--config", "-c")
+    m.set_defaults(fn=cmd_migrate)
+
+    c = sub.add_parser("check-config", help="validate a config file without starting")
+    c.add_argument("file")
+    c.add_argument("--print", action="store_true", help="print the effective settings")
+    c.set_defaults(fn=cmd_check_config)
+
+    u = sub.add_parser("user", help="manage accounts")
+    u.add_argument("--config", "-c")
+    usub = u.add_subparsers(dest="action", required=True)
+    for name, helptext in (
+        ("add", "create a user (password from stdin, a prompt or --password-env)"),
+        ("disable", "disable a user and revoke its sessions"),
+        ("enable", "enable a disabled user"),
+        ("reset-password", "set a new password and revoke its sessions"),
+    ):
+        x = usub.add_parser(name, help=helptext)
+        x.add_argument("username")
+        if name in ("add", "reset-password"):
+            x.add_argument("--password-env", help="read the password from this variable")
+        if name == "add":
+            x.add_argument("--admin", action="store_true", help="give the admin role")
+            x.add_argument("--display-name")
+    u.set_defaults(fn=cmd_user)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.fn(args) or 0)
+    except config.ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except StoreError as e:
+        print(f"database error: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Configuration: read once into one typed `Settings` object.
+
+The file is the operators' `config.json` (see docs/server.md). Every section and key is optional
+and has a safe default; unknown keys in known sections are errors (they are usually typos).
+Environment variables `BERRYCHAT_<SECTION>__<KEY>` override file values, e.g.
+`BERRYCHAT_SERVER__PORT=9000` or `BERRYCHAT_DATABASE__PASSWORD=secret`.
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "BERRYCHAT_"
+
+
+class ConfigError(Exception):
+    """One clear message naming the key and the problem."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config error: {key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+def _rng(lo: float | None = None, hi: float | None = None, choices: tuple[str, ...] = ()) -> Any:
+    return {"lo": lo, "hi": hi, "choices": choices}
+
+
+def opt(default: Any, lo: float | None = None, hi: float | None = None, choices: tuple = ()) -> Any:
+    return field(default=default, metadata=_rng(lo, hi, choices))
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = opt(8080, 0, 65535)
+    backlog: int = opt(2048, 1, 65535)
+    reuse_port: bool = False
+    public_url: str = ""
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    type: str = opt("sqlite", choices=("sqlite", "mysql"))
+    host: str = "localhost"
+    port: int = opt(3306, 1, 65535)
+    user: str = "berrychat"
+    password: str = ""
+    # For sqlite: the database file path (relative to the working directory).
+    database: str = ""
+    unix_socket: str = ""
+    pool_size: int = opt(8, 1, 200)
+    connect_timeout: float = opt(5.0, 0.1, 300)
+
+    @property
+    def name(self) -> str:
+        if self.database:
+            return self.database
+        return "berrychat.db" if self.type == "sqlite" else "berrychat"
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    max_frame_bytes: int = opt(65536, 1024, 16 * 1024 * 1024)
+    max_text_chars: int = opt(4000, 1, 1_000_000)
+    max_members: int = opt(500, 2, 100_000)
+    out_queue_bytes: int = opt(1 << 20, 4096, 1 << 30)
+    max_connections: int = opt(20000, 1, 10_000_000)
+    max_connections_per_user: int = opt(16, 1, 10_000)
+    history_page: int = opt(50, 1, 500)
+    recall_window_seconds: int = opt(120, 0, 10 * 365 * 86400)
+    edit_window_seconds: int = opt(86400, 0, 10 * 365 * 86400)
+    bad_frames_before_close: int = opt(10, 1, 10_000)
+    hello_timeout_seconds: float = opt(10.0, 0.1, 3600)
+    group_commit_ms: float = opt(2.0, 0, 1000)
+    group_commit_max: int = opt(256, 1, 100_000)
+    receipts_fanout_max_members: int = opt(100, 0, 100_000)
+    http_max_body_bytes: int = opt(1 << 20, 1024, 1 << 30)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    open_registration: bool = True
+    token_ttl_seconds: int = opt(30 * 86400, 60, 10 * 365 * 86400)
+    min_password_length: int = opt(8, 1, 1024)
+    # argon2id parameters, tuned for a Raspberry Pi 4B (see docs/server.md).
+    argon2_time_cost: int = opt(3, 1, 100)
+    argon2_memory_kib: int = opt(65536, 8, 4 * 1024 * 1024)
+    argon2_parallelism: int = opt(1, 1, 64)
+    hash_concurrency: int = opt(2, 1, 64)
+
+
+@dataclass(frozen=True)
+class PresenceSettings:
+    enabled: bool = True
+    typing_enabled: bool = True
+    throttle_seconds: float = opt(5.0, 0, 3600)
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    interval_seconds: float = opt(25.0, 0.05, 3600)
+    timeout_seconds: float = opt(60.0, 0.1, 7200)
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Cross-process routing (issue 4). Not used by the in-process broker."""
+
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = opt(6379, 1, 65535)
+    db: int = opt(0, 0, 1000)
+    password: str = ""
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    host: str = "localhost"
+    port: int = opt(3306, 1, 65535)
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    presence: PresenceSettings = field(default_factory=PresenceSettings)
+    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    replicas: tuple[ReplicaSettings, ...] = ()
+    # Reserved for later features; accepted as free-form objects today.
+    uploads: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    tls: Mapping[str, Any] = field(default_factory=dict)
+    ai: Mapping[str, Any] = field(default_factory=dict)
+    source: str = "defaults"
+
+    def replace(self, **sections: Any) -> "Settings":
+        """A copy with some keys changed: `s.replace(server={"port": 0})`."""
+        raw = to_dict(self)
+        for sec, vals in sections.items():
+            if isinstance(vals, dict) and isinstance(raw.get(sec), dict):
+                raw[sec].update(vals)
+            else:
+                raw[sec] = vals
+        return from_dict(raw, source=self.source)
+
+
+_SECTIONS = {
+    "server": ServerSettings,
+    "database": DatabaseSettings,
+    "limits": LimitsSettings,
+    "auth": AuthSettings,
+    "presence": PresenceSettings,
+    "heartbeat": HeartbeatSettings,
+    "redis": RedisSettings,
+}
+_FREEFORM = ("uploads", "metrics", "tls", "ai")
+
+
+def _describe(v: Any) -> str:
+    return (
+        json.dumps(v) if isinstance(v, (str, int, float, bool)) or v is None else type(v).__name__
+    )
+
+
+def _coerce(key: str, f: dataclasses.Field, v: Any, from_env: bool) -> Any:
+    t = f.type
+    meta = f.metadata or {}
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices", ())
+    if t is bool:
+        if (
+            from_env
+            and isinstance(v, str)
+            and v.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off")
+        ):
+            return v.lower() in ("1", "true", "yes", "on")
+        if not isinstance(v, bool):
+            raise ConfigError(key, f"expected true or false, got {_describe(v)}")
+        return v
+    if t in (int, float):
+        if from_env and isinstance(v, str):
+            try:
+                v = int(v) if t is int else float(v)
+            except ValueError:
+                pass
+        ok = isinstance(v, int) and not isinstance(v, bool)
+        if t is float:
+            ok = ok or isinstance(v, float)
+        what = "integer" if t is int else "number"
+        if lo is not None and hi is not None:
+            what += f" {lo:g}-{hi:g}"
+        if not ok or (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ConfigError(key, f"expected {what}, got {_describe(v)}")
+        return float(v) if t is float else v
+    if t is str:
+        if not isinstance(v, str):
+            raise ConfigError(key, f"expected string, got {_describe(v)}")
+        if choices and v not in choices:
+            raise ConfigError(key, f"expected one of {', '.join(choices)}, got {_describe(v)}")
+        return v
+    raise AssertionError(t)  # pragma: no cover
+
+
+def _section(name: str, cls: type, raw: Any, env: dict[str, str]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(name, f"expected an object, got {_describe(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k in raw:
+        if k not in fields:
+            raise ConfigError(f"{name}.{k}", f"unknown key (known: {', '.join(fields)})")
+    vals: dict[str, Any] = {}
+    for fname, f in fields.items():
+        if fname in raw:
+            vals[fname] = _coerce(f"{name}.{fname}", f, raw[fname], False)
+    for fname, f in fields.items():
+        ekey = f"{ENV_PREFIX}{name.upper()}__{fname.upper()}"
+        if ekey in env:
+            vals[fname] = _coerce(ekey, f, env[ekey], True)
+    return cls(**vals)
+
+
+def from_dict(raw: Any, *, env: Mapping[str, str] | None = None, source: str = "dict") -> Settings:
+    if not isinstance(raw, dict):
+        raise ConfigError("(top level)", f"expected a JSON object, got {_describe(raw)}")
+    envd = {k: v for k, v in (env or {}).items() if k.startswith(ENV_PREFIX)}
+    known = set(_SECTIONS) | set(_FREEFORM) | {"replicas"}
+    for k in raw:
+        if k not in known:
+            raise ConfigError(k, f"unknown section (known: {', '.join(sorted(known))})")
+    vals: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        vals[name] = _section(name, cls, raw.get(name), envd)
+    reps = raw.get("replicas", [])
+    if not isinstance(reps, list):
+        raise ConfigError("replicas", f"expected a list, got {_describe(reps)}")
+    vals["replicas"] = tuple(
+        _section(f"replicas[{i}]", ReplicaSettings, r, {}) for i, r in enumerate(reps)
+    )
+    for name in _FREEFORM:
+        v = raw.get(name, {})
+        if not isinstance(v, dict):
+            raise ConfigError(name, f"expected an object, got {_describe(v)}")
+        vals[name] = v
+    s = Settings(**vals, source=source)
+    if s.heartbeat.timeout_seconds <= s.heartbeat.interval_seconds:
+        raise ConfigError("heartbeat.timeout_seconds", "must be larger than interval_seconds")
+    return s
+
+
+def load(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the config file (or defaults when path is None) and apply environment overrides."""
+    env = os.environ if env is None else env
+    if path is None:
+        return from_dict({}, env=env, source="defaults")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot read file: {e.strerror}")
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(str(path), f"not valid JSON: {e}")
+    return from_dict(raw, env=env, source=str(path))
+
+
+def to_dict(s: Settings) -> dict[str, Any]:
+    d = dataclasses.asdict(s)
+    d.pop("source", None)
+    d["replicas"] = list(d["replicas"])
+    return d
+
+
+def redacted(s: Settings) -> dict[str, Any]:
+    d = to_dict(s)
+    for sec in ("database", "redis"):
+        if d[sec].get("password"):
+            d[sec]["password"] = "***"
+    return d

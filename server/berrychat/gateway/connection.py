@@ -1,0 +1,407 @@
+"""One TCP connection: HTTP/1.1 until it upgrades to a WebSocket, then BerryChat frames.
+
+No task and no timer per connection: reading is the protocol callback, writing is a byte queue
+that the gateway flushes once per loop tick, timeouts are checked by the gateway's sweeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import PROTOCOL_VERSION
+from ..protocol import codes
+from ..protocol.codes import ChatError
+from ..protocol.frames import FrameError, ack, encode, error, parse_client_frame
+from ..protocol.http11 import HttpError, Request, RequestParser, build_response, upgrade_response
+from ..protocol.websocket import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameParser,
+    WebSocketError,
+    accept_key,
+    encode_close,
+    encode_frame,
+    valid_client_key,
+)
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+HTTP, WS, CLOSED = 0, 1, 2
+PING_FRAME = encode_frame(OP_PING, b"")
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = (
+        "gw",
+        "transport",
+        "state",
+        "http",
+        "ws",
+        "out",
+        "out_bytes",
+        "dirty",
+        "last_rx",
+        "opened",
+        "last_ping",
+        "closing",
+        "closing_since",
+        "hard_close",
+        "authed",
+        "hello_pending",
+        "user_id",
+        "token_hash",
+        "device_id",
+        "session",
+        "bad_frames",
+        "http_queue",
+        "http_busy",
+        "peer",
+        "attached",
+        "__weakref__",
+    )
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.transport: asyncio.Transport | None = None
+        self.state = HTTP
+        self.http: RequestParser | None = RequestParser(
+            max_body_bytes=gw.settings.limits.http_max_body_bytes
+        )
+        self.ws: FrameParser | None = None
+        self.out: list[bytes] = []
+        self.out_bytes = 0
+        self.dirty = False
+        now = time.monotonic()
+        self.last_rx = now
+        self.opened = now
+        self.last_ping = now
+        self.closing = False
+        self.closing_since = 0.0
+        self.hard_close = False
+        self.authed = False
+        self.hello_pending = False
+        self.user_id = 0
+        self.token_hash = ""
+        self.device_id = ""
+        self.session: dict[str, Any] | None = None
+        self.bad_frames = 0
+        self.http_queue: list[Request] | None = None
+        self.http_busy = False
+        self.peer = ""
+        self.attached = False
+
+    # ---- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
+        self.gw.conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        self.out = []
+        self.out_bytes = 0
+        self.gw.conns.discard(self)
+        self._detach()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        if self.state == WS:
+            self._ws_data(data)
+        elif self.state == HTTP:
+            self._http_data(data)
+
+    # ---- output --------------------------------------------------------------------------
+    def send_bytes(self, data: bytes) -> None:
+        """Queue an encoded frame; flushed with everything else at the end of this tick."""
+        if self.closing or self.state != WS:
+            return
+        t = self.transport
+        if t is None:
+            return
+        if self.out_bytes + len(data) + t.get_write_buffer_size() > self.gw.out_limit:
+            self.close_ws(codes.CLOSE_SLOW_CONSUMER, "slow consumer: reconnect and resync", True)
+            self.gw.slow_consumers += 1
+            return
+        self.out.append(data)
+        self.out_bytes += len(data)
+        if not self.dirty:
+            self.dirty = True
+            self.gw.mark_dirty(self)
+
+    def send_obj(self, obj: dict[str, Any]) -> None:
+        self.send_bytes(encode(obj))
+
+    def send_error(self, fid: Any, re: str | None, code: str, message: str) -> None:
+        self.send_obj(error(fid, re, code, message, codes.retryable(code)))
+
+    def close_ws(self, code: int, reason: str, hard: bool = False) -> None:
+        """Send a close frame and detach. `hard`: close TCP after it is written instead of
+        waiting for the peer's close frame (dead or slow peers)."""
+        if self.state == HTTP:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self.state != WS or self.closing:
+            return
+        self.closing = True
+        self.hard_close = hard
+        self.closing_since = time.monotonic()
+        self._detach()
+        self.out.append(encode_close(code, reason))
+        if not self.dirty:
+            self.dirty = True
+            self.gw.mark_dirty(self)
+
+    def _detach(self) -> None:
+        if self.attached:
+            self.attached = False
+            if self.gw.hub.detach(self):
+                self.gw.user_gone(self.user_id)
+
+    # ---- HTTP ----------------------------------------------------------------------------
+    def _http_data(self, data: bytes) -> None:
+        assert self.http is not None
+        try:
+            reqs = self.http.feed(data)
+        except HttpError as e:
+            self._http_fail(e.status, e.message)
+            return
+        for req in reqs:
+            if req.header("upgrade", "").lower() == "websocket":
+                self._upgrade(req)
+                return
+            if self.http_queue is None:
+                self.http_queue = []
+            self.http_queue.append(req)
+        if self.http_queue and not self.http_busy:
+            self.http_busy = True
+            asyncio.get_running_loop().create_task(self._serve_http())
+
+    def _http_fail(self, status: int, message: str) -> None:
+        if self.transport is not None:
+            code = "not_found" if status == 404 else "bad_request"
+            body = json.dumps({"error": {"code": code, "message": message}}).encode()
+            self.transport.write(build_response(status, body, keep_alive=False))
+            self.transport.close()
+        self.state = CLOSED
+
+    async def _serve_http(self) -> None:
+        try:
+            while self.http_queue and self.transport is not None:
+                req = self.http_queue.pop(0)
+                req.extra["peer"] = self.peer
+                try:
+                    resp = await self.gw.http_handler(req)
+                except Exception:
+                    log.exception("HTTP handler failed")
+                    resp = build_response(500, b'{"error":{"code":"internal"}}')
+                if self.transport is None:
+                    return
+                self.transport.write(resp)
+                if not req.keep_alive:
+                    self.transport.close()
+                    self.state = CLOSED
+                    return
+        finally:
+            self.http_busy = False
+
+    def _upgrade(self, req: Request) -> None:
+        t = self.transport
+        if t is None:
+            return
+        if req.method != "GET" or req.path not in self.gw.ws_paths:
+            self._http_fail(404, "no WebSocket endpoint here (use /ws)")
+            return
+        key = req.header("sec-websocket-key")
+        if (
+            "upgrade" not in req.header("connection", "").lower()
+            or req.header("sec-websocket-version") != "13"
+            or not valid_client_key(key)
+        ):
+            t.write(
+                build_response(
+                    400,
+                    b'{"error":{"code":"bad_request","message":"bad WebSocket handshake"}}',
+                    headers={"Sec-WebSocket-Version": "13"},
+                    keep_alive=False,
+                )
+            )
+            t.close()
+            self.state = CLOSED
+            return
+        if self.gw.draining:
+            self._http_fail(503, "server is draining; reconnect elsewhere")
+            return
+        assert key is not None and self.http is not None
+        rest = self.http.buffered
+        self.http = None
+        self.http_queue = None
+        self.state = WS
+        self.ws = FrameParser(server=True, max_message=self.gw.settings.limits.max_frame_bytes)
+        t.write(upgrade_response(accept_key(key)))
+        self.opened = time.monotonic()
+        token = req.query.get("token")
+        if token:  # optional: authenticate from the URL, same as a first hello frame
+            self._start_hello(None, {"v": PROTOCOL_VERSION, "token": token})
+        if rest:
+            self._ws_data(rest)
+
+    # ---- WebSocket -----------------------------------------------------------------------
+    def _ws_data(self, data: bytes) -> None:
+        if self.closing:
+            # Only the peer's close frame matters now.
+            try:
+                msgs = self.ws.feed(data) if self.ws is not None else []
+            except WebSocketError:
+                msgs = []
+            if any(m.opcode == OP_CLOSE for m in msgs) and self.transport is not None:
+                self.gw.flush_now(self)
+                self.transport.close()
+            return
+        assert self.ws is not None
+        try:
+            msgs = self.ws.feed(data)
+        except WebSocketError as e:
+            self.gw.protocol_errors += 1
+            self.close_ws(e.code, e.reason, True)
+            return
+        for m in msgs:
+            op = m.opcode
+            if op == OP_TEXT:
+                assert isinstance(m.data, str)
+                self._on_text(m.data)
+            elif op == OP_PING:
+                self.send_bytes(encode_frame(OP_PONG, m.data if isinstance(m.data, bytes) else b""))
+            elif op == OP_PONG:
+                pass
+            elif op == OP_CLOSE:
+                code = m.close_code if m.close_code not in (None, 1005) else 1000
+                self.close_ws(code, "", True)
+                return
+            elif op == OP_BINARY:
+                self.close_ws(1003, "binary frames are not supported", True)
+                return
+            if self.closing:
+                return
+
+    def _on_text(self, text: str) -> None:
+        gw = self.gw
+        gw.frames_in += 1
+        try:
+            ftype, fid, fields = parse_client_frame(
+                text, max_text=gw.settings.limits.max_text_chars
+            )
+        except FrameError as e:
+            self._bad_frame(e.frame_id, e.frame_type, e.code, e.message)
+            return
+        if not self.authed:
+            if ftype == "hello":
+                if self.hello_pending:
+                    self._bad_frame(fid, ftype, "conflict", "hello already in progress")
+                else:
+                    self._start_hello(fid, fields)
+            elif ftype == "ping":
+                self.send_obj(ack(fid, "ping", server_time=int(time.time() * 1000)))
+            else:
+                self._bad_frame(fid, ftype, "not_authenticated", "send hello first")
+            return
+        gw.dispatch(self, ftype, fid, fields)
+
+    def _bad_frame(self, fid: Any, ftype: str | None, code: str, message: str) -> None:
+        self.bad_frames += 1
+        self.gw.bad_frames += 1
+        self.send_error(fid, ftype, code, message)
+        if self.bad_frames >= self.gw.settings.limits.bad_frames_before_close:
+            self.close_ws(codes.CLOSE_BAD_FRAMES, "too many invalid frames")
+
+    # ---- authentication ------------------------------------------------------------------
+    def _start_hello(self, fid: Any, fields: dict[str, Any]) -> None:
+        self.hello_pending = True
+        asyncio.get_running_loop().create_task(self._hello(fid, fields))
+
+    async def _hello(self, fid: Any, fields: dict[str, Any]) -> None:
+        gw = self.gw
+        try:
+            if self.authed:
+                self.send_error(fid, "hello", "conflict", "already authenticated")
+                return
+            if fields["v"] != PROTOCOL_VERSION:
+                self.send_error(
+                    fid, "hello", "bad_field", f"v: this server speaks {PROTOCOL_VERSION}"
+                )
+                self.close_ws(codes.CLOSE_UNSUPPORTED_VERSION, "unsupported protocol version")
+                return
+            try:
+                s = await gw.chat.accounts.authenticate(fields["token"])
+            except ChatError as e:
+                self.send_error(fid, "hello", e.code, e.message)
+                if e.code == "account_disabled":
+                    self.close_ws(codes.CLOSE_DISABLED, "account disabled")
+                elif e.code == "unavailable":
+                    self.close_ws(codes.CLOSE_INTERNAL, "database unavailable; retry later")
+                else:
+                    self.close_ws(codes.CLOSE_AUTH, "authentication failed: log in again")
+                return
+            except Exception as e:
+                log.warning("hello failed: %s", e)
+                self.send_error(fid, "hello", "unavailable", "cannot authenticate now")
+                self.close_ws(codes.CLOSE_INTERNAL, "database unavailable; retry later")
+                return
+            if self.state != WS or self.closing:
+                return
+            self.user_id = s["user_id"]
+            self.token_hash = s["token_hash"]
+            self.device_id = s["device_id"]
+            self.session = s
+            ok, first = gw.hub.attach(self)
+            if not ok:
+                self.send_error(fid, "hello", "rate_limited", "too many connections")
+                self.close_ws(codes.CLOSE_TOO_MANY, "too many connections")
+                return
+            self.attached = True
+            self.authed = True
+            lim = gw.settings.limits
+            hb = gw.settings.heartbeat
+            self.send_obj(
+                ack(
+                    fid,
+                    "hello",
+                    v=PROTOCOL_VERSION,
+                    user={
+                        "id": s["user_id"],
+                        "username": s["username"],
+                        "display_name": s["display_name"],
+                        "role": s["role"],
+                    },
+                    device_id=s["device_id"],
+                    expires_at=s["expires_at"],
+                    server_time=int(time.time() * 1000),
+                    heartbeat={"interval": hb.interval_seconds, "timeout": hb.timeout_seconds},
+                    limits={
+                        "max_frame_bytes": lim.max_frame_bytes,
+                        "max_text_chars": lim.max_text_chars,
+                        "max_members": lim.max_members,
+                        "history_page": lim.history_page,
+                        "recall_window_seconds": lim.recall_window_seconds,
+                        "edit_window_seconds": lim.edit_window_seconds,
+                    },
+                    presence=gw.settings.presence.enabled,
+                )
+            )
+            if first:
+                await gw.chat.presence.set(self.user_id, "online")
+        finally:
+            self.hello_pending = False

@@ -1,0 +1,5 @@
+"""The HTTP API: accounts, conversations, history, health and readiness."""
+
+from .api import HttpApi
+
+__all__ = ["HttpApi"]

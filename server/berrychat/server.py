@@ -1,0 +1,126 @@
+"""Wiring: settings -> store -> chat -> hub/broker -> gateway + HTTP API -> listening socket.
+
+server = Server(settings)
+await server.start()          # binds; server.port is the real port (use port 0 in tests)
+...
+await server.stop()           # drain: close WebSockets with 1001, finish commits, close DB
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from .chat.service import ChatService
+from .config import Settings
+from .gateway import Gateway
+from .http import HttpApi
+from .hub import Broker, Hub, InProcessBroker
+from .store import Store, open_store
+from .store.base import now_ms
+
+log = logging.getLogger("berrychat")
+
+
+class Server:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        broker: Broker | None = None,
+        migrate: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings.database)
+        self.broker = broker or InProcessBroker()
+        self.hub = Hub(
+            self.broker,
+            max_per_user=settings.limits.max_connections_per_user,
+            max_total=settings.limits.max_connections,
+        )
+        self.chat = ChatService(settings, self.store, self.hub)
+        self.hub.on_members_changed = self.chat.members.invalidate
+        self.api = HttpApi(settings, self.chat)
+        self.gateway = Gateway(settings, self.chat, self.hub, self.api)
+        self.migrate = migrate
+        self._server: asyncio.AbstractServer | None = None
+        self._janitor: asyncio.Task | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        await self.store.connect()
+        if self.migrate:
+            applied = await self.store.migrate()
+            if applied:
+                log.info("applied migrations %s", applied)
+        await self.broker.start(self.hub)
+        loop = asyncio.get_running_loop()
+        s = self.settings.server
+        self._server = await loop.create_server(
+            self.gateway.protocol_factory,
+            host=s.host,
+            port=s.port,
+            backlog=s.backlog,
+            reuse_port=s.reuse_port or None,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.gateway.start()
+        self._janitor = loop.create_task(self._clean_sessions())
+        log.info("listening on %s:%d (database %s)", s.host, self.port, self.settings.database.type)
+
+    async def _clean_sessions(self) -> None:
+        while True:
+            try:
+                await self.store.purge_expired_sessions(now_ms())
+            except Exception as e:  # the database may be down; try again later
+                log.warning("session cleanup failed: %s", e)
+            await asyncio.sleep(3600)
+
+    async def stop(self, *, drain_seconds: float = 2.0) -> None:
+        """Stop accepting, tell clients to reconnect elsewhere, finish in-flight commits."""
+        if self._server is not None:
+            self._server.close()
+        await self.gateway.drain()
+        try:
+            await asyncio.wait_for(self.chat.committer.drain(), timeout=max(drain_seconds, 0.1))
+        except TimeoutError:
+            log.warning("in-flight commits did not finish in %.1fs", drain_seconds)
+        deadline = asyncio.get_running_loop().time() + drain_seconds
+        while self.gateway.conns and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        await self.gateway.stop()
+        if self._janitor is not None:
+            self._janitor.cancel()
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
+            except TimeoutError:
+                pass
+        await self.broker.close()
+        await self.store.close()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then drain."""
+    server = Server(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # pragma: no cover
+            pass
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
