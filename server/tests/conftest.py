@@ -7,109 +7,13 @@ database. When `mariadbd` is not installed the MariaDB variants are skipped with
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from berrychat import config
-from berrychat.client import Client, login, register
-from berrychat.server import Server
-
-MARIADBD = shutil.which("mariadbd") or ("/usr/sbin/mariadbd" if os.path.exists("/usr/sbin/mariadbd") else None)
-INSTALL_DB = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
-
-PASSWORD = "correct horse battery"
-_db_counter = itertools.count(1)
-
-
-def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MariaDB:
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="berrychat-mariadb-"))
-        self.port = _free_port()
-        self.socket = str(self.dir / "mysqld.sock")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        datadir = self.dir / "data"
-        r = subprocess.run(
-            [INSTALL_DB, f"--datadir={datadir}", "--auth-root-authentication-method=normal",
-             "--skip-test-db", "--user=root", "--no-defaults"] if INSTALL_DB else [],
-            capture_output=True, timeout=120,
-        )
-        if r.returncode != 0:
-            # older option sets: retry without --no-defaults placement issues
-            r = subprocess.run(
-                [INSTALL_DB, "--no-defaults", f"--datadir={datadir}", "--user=root",
-                 "--auth-root-authentication-method=normal"],
-                capture_output=True, timeout=120,
-            )
-            if r.returncode != 0:
-                raise RuntimeError(f"mariadb-install-db failed: {r.stderr.decode()[-500:]}")
-        self.proc = subprocess.Popen(
-            [MARIADBD, "--no-defaults", f"--datadir={datadir}", f"--socket={self.socket}",
-             f"--port={self.port}", "--bind-address=127.0.0.1", "--user=root",
-             "--skip-grant-tables", "--skip-name-resolve", "--innodb-buffer-pool-size=64M",
-             "--innodb-log-file-size=16M", "--innodb-flush-log-at-trx-commit=2",
-             f"--pid-file={self.dir / 'mysqld.pid'}", f"--log-error={self.dir / 'error.log'}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        import pymysql
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                pymysql.connect(host="127.0.0.1", port=self.port, user="root", connect_timeout=1).close()
-                return
-            except pymysql.err.OperationalError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    log = (self.dir / "error.log").read_text(errors="replace")[-1000:]
-                    raise RuntimeError(f"mariadbd did not start: {log}")
-                time.sleep(0.2)
-
-    def new_database(self) -> str:
-        import pymysql
-
-        name = f"bc_test_{os.getpid()}_{next(_db_counter)}"
-        conn = pymysql.connect(host="127.0.0.1", port=self.port, user="root")
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-        finally:
-            conn.close()
-        return name
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+from support import INSTALL_DB, MARIADBD, MariaDB, World, make_settings, start_world
 
 
 @pytest.fixture(scope="session")
@@ -128,63 +32,20 @@ def mariadb() -> Iterator[MariaDB]:
     m.stop()
 
 
-def make_settings(db: dict[str, Any], **over: Any) -> config.Settings:
-    base: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": 0},
-        "database": db,
-        "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 64, "argon2_parallelism": 1},
-        "limits": {"group_commit_ms": 1},
-        "presence": {"throttle_seconds": 0},
-    }
-    return config.from_dict(deep_merge(base, over), env={})
-
-
-class World:
-    """A running server plus helpers to make users and connected clients."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.host = "127.0.0.1"
-        self.port = server.port
-        self.clients: list[Client] = []
-        self._n = itertools.count(1)
-
-    async def user(self, name: str | None = None, *, device: str = "d1",
-                   connect: bool = True) -> tuple[dict[str, Any], str, Client | None]:
-        name = name or f"user{next(self._n)}"
-        try:
-            u = await register(self.host, self.port, name, PASSWORD)
-        except Exception:
-            u = None
-        s = await login(self.host, self.port, name, PASSWORD, device)
-        u = s["user"] if u is None else u
-        c = await self.connect(s["token"]) if connect else None
-        return u, s["token"], c
-
-    async def connect(self, token: str) -> Client:
-        c = await Client.connect(self.host, self.port, token)
-        self.clients.append(c)
-        return c
-
-    async def close(self) -> None:
-        for c in self.clients:
-            with contextlib.suppress(Exception):
-                c.abort()
-
-
-async def start_world(settings: config.Settings) -> World:
-    server = Server(settings)
-    await server.start()
-    return World(server)
-
-
 @pytest.fixture(params=["sqlite", "mariadb"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
     if request.param == "sqlite":
         return {"type": "sqlite", "database": str(tmp_path / "chat.db")}
     m: MariaDB = request.getfixturevalue("mariadb")
-    return {"type": "mysql", "host": "127.0.0.1", "port": m.port, "user": "root",
-            "password": "", "database": m.new_database(), "pool_size": 4}
+    return {
+        "type": "mysql",
+        "host": "127.0.0.1",
+        "port": m.port,
+        "user": "root",
+        "password": "",
+        "database": m.new_database(),
+        "pool_size": 4,
+    }
 
 
 @pytest.fixture
