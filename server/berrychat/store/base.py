@@ -161,14 +161,30 @@ class Store(ABC):
     # ---- migrations ----------------------------------------------------------------------
     async def schema_version(self) -> int:
         def tx(d: Dialect) -> Tx[int]:
-            yield Q(BOOKKEEPING[d.name])
+            if d.name == "sqlite":
+                exists = yield Q(
+                    "SELECT name FROM sqlite_master WHERE type='table' "
+                    "AND name='schema_migrations'",
+                    fetch="one",
+                )
+            else:
+                exists = yield Q(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema=DATABASE() AND table_name='schema_migrations'",
+                    fetch="one",
+                )
+            if not exists:
+                return 0
             row = yield Q("SELECT MAX(version) FROM schema_migrations", fetch="one")
             return int(row[0] or 0) if row else 0
 
-        return await self.run(tx)
+        return await self.run(tx, write=False)
 
     async def migrate(self) -> list[int]:
         """Apply pending migrations; return the versions applied (empty when current)."""
+        if await self.schema_version() == LATEST:
+            return []
+        await self.execute_script([BOOKKEEPING[self.dialect.name]])
         current = await self.schema_version()
         applied = []
         for version, name, stmts in MIGRATIONS:
