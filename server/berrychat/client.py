@@ -284,6 +284,8 @@ class Client:
             code, reason = e.code, f"client-side protocol error: {e.reason}"
         except (ConnectionError, asyncio.IncompleteReadError, OSError):
             pass
+        except Exception as e:  # a malformed server frame: report it as a closure
+            code, reason = None, f"client error: {e!r}"
         finally:
             if not self.closed.done():
                 self.closed.set_result((code, reason))
@@ -297,7 +299,7 @@ class Client:
             if not fut.done():
                 fut.set_result(f)
             return
-        if t == "msg":
+        if t == "msg" and isinstance(f.get("conv"), int) and isinstance(f.get("seq"), int):
             self._track(f)
         if self.on_event is not None:
             self.on_event(f)

@@ -134,11 +134,7 @@ async def test_multi_device_convergence(world):
         while c.cursors.get(conv, 0) < 16:
             await c.next_event("msg")
     streams = [
-        [
-            (s, c.seen[conv][s]["text"] if "text" in c.seen[conv][s] else "")
-            for s in sorted(c.seen[conv])
-        ]
-        for c in (a1, a2, b1)
+        [(s, c.seen[conv][s].get("text", "")) for s in sorted(c.seen[conv])] for c in (a1, a2, b1)
     ]
     assert streams[0] == streams[1] == streams[2] and len(streams[0]) == 16
     ev = await a1.next_event("receipt", pred=lambda e: e["user"] == a["id"])
