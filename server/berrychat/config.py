@@ -88,8 +88,8 @@ class AuthSettings:
     token_ttl_seconds: int = opt(30 * 86400, 60, 10 * 365 * 86400)
     min_password_length: int = opt(8, 1, 1024)
     # argon2id parameters, tuned for a Raspberry Pi 4B (see docs/server.md).
-    argon2_time_cost: int = opt(3, 1, 100)
-    argon2_memory_kib: int = opt(65536, 8, 4 * 1024 * 1024)
+    argon2_time_cost: int = opt(2, 1, 100)
+    argon2_memory_kib: int = opt(19456, 8, 4 * 1024 * 1024)
     argon2_parallelism: int = opt(1, 1, 64)
     hash_concurrency: int = opt(2, 1, 64)
 

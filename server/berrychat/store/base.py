@@ -53,6 +53,12 @@ class Dialect:
         return " FOR UPDATE" if self.name == "mysql" else ""
 
     @property
+    def cid_index(self) -> str:
+        """Make MariaDB probe the (conversation_id, sender_id, cid) key for resend checks
+        instead of range-scanning a whole conversation by primary key."""
+        return " FORCE INDEX (messages_cid)" if self.name == "mysql" else ""
+
+    @property
     def insert_ignore(self) -> str:
         return "INSERT IGNORE" if self.name == "mysql" else "INSERT OR IGNORE"
 
@@ -730,7 +736,9 @@ def _apply_ops_tx(d: Dialect, ops: list[Op], limits: dict[str, int]) -> Tx[list[
     for ch in _chunks(sorted(set(keyed)), 100):
         cond = " OR ".join(["(conversation_id=? AND sender_id=? AND cid=?)"] * len(ch))
         rows = yield Q(
-            f"SELECT {MSG_COLS} FROM messages WHERE {cond}", [x for k in ch for x in k], "all"
+            f"SELECT {MSG_COLS} FROM messages{d.cid_index} WHERE {cond}",
+            [x for k in ch for x in k],
+            "all",
         )
         for r in rows:
             seen[(r[0], r[2], r[3])] = event_from_row(r)
