@@ -92,6 +92,9 @@ class AuthSettings:
     argon2_memory_kib: int = opt(19456, 8, 4 * 1024 * 1024)
     argon2_parallelism: int = opt(1, 1, 64)
     hash_concurrency: int = opt(2, 1, 64)
+    # How often live connections are checked against the session table (revocations made by
+    # the CLI or another process, token expiry, disabled accounts).
+    session_audit_seconds: float = opt(30.0, 0.05, 86400)
 
 
 @dataclass(frozen=True)

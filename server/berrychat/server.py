@@ -18,6 +18,7 @@ from .config import Settings
 from .gateway import Gateway
 from .http import HttpApi
 from .hub import Broker, Hub, InProcessBroker
+from .protocol.codes import CLOSE_AUTH, CLOSE_DISABLED
 from .store import Store, open_store
 from .store.base import now_ms
 
@@ -48,6 +49,7 @@ class Server:
         self.migrate = migrate
         self._server: asyncio.AbstractServer | None = None
         self._janitor: asyncio.Task | None = None
+        self._auditor: asyncio.Task | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -69,6 +71,7 @@ class Server:
         self.port = self._server.sockets[0].getsockname()[1]
         self.gateway.start()
         self._janitor = loop.create_task(self._clean_sessions())
+        self._auditor = loop.create_task(self._audit_sessions())
         log.info("listening on %s:%d (database %s)", s.host, self.port, self.settings.database.type)
 
     async def _clean_sessions(self) -> None:
@@ -78,6 +81,41 @@ class Server:
             except Exception as e:  # the database may be down; try again later
                 log.warning("session cleanup failed: %s", e)
             await asyncio.sleep(3600)
+
+    async def _audit_sessions(self) -> None:
+        """Close live connections whose session was revoked elsewhere (CLI, another process),
+        has expired, or whose account was disabled."""
+        period = self.settings.auth.session_audit_seconds
+        while True:
+            await asyncio.sleep(period)
+            hashes = list(self.hub.by_session)
+            if not hashes:
+                continue
+            try:
+                live = await self.store.live_sessions(hashes)
+            except Exception as e:
+                log.warning("session audit failed: %s", e)
+                continue
+            now = now_ms()
+            gone = [h for h in hashes if h not in live or live[h][0] <= now]
+            disabled = {h for h, (_, dis) in live.items() if dis}
+            if gone:
+                owners = {h: eps[0].user_id for h in gone if (eps := self.hub.by_session.get(h))}
+                try:
+                    off = await self.store.disabled_users(sorted(set(owners.values())))
+                except Exception:
+                    off = set()
+                disabled.update(h for h, u in owners.items() if u in off)
+            for h in gone:
+                if h not in disabled:
+                    self._kick(h, CLOSE_AUTH, "session ended: log in again")
+            for h in disabled:
+                self._kick(h, CLOSE_DISABLED, "account disabled")
+
+    def _kick(self, token_hash: str, code: int, reason: str) -> None:
+        self.hub.on_control(
+            {"op": "kick_sessions", "hashes": [token_hash], "code": code, "reason": reason}
+        )
 
     async def stop(self, *, drain_seconds: float = 2.0) -> None:
         """Stop accepting, tell clients to reconnect elsewhere, finish in-flight commits."""
@@ -92,8 +130,9 @@ class Server:
         while self.gateway.conns and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
         await self.gateway.stop()
-        if self._janitor is not None:
-            self._janitor.cancel()
+        for task in (self._janitor, self._auditor):
+            if task is not None:
+                task.cancel()
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)

@@ -236,3 +236,22 @@ async def test_hashing_runs_off_the_loop(sqlite_db):
     finally:
         await w.close()
         await w.server.stop(drain_seconds=0.2)
+
+
+async def test_revocation_by_cli_reaches_live_connections(sqlite_db, monkeypatch):
+    """The CLI changes the database only; the running server's session audit closes the
+    affected connections (disabled: 4403, password reset: 4401)."""
+    w = await start_world(make_settings(sqlite_db, auth={"session_audit_seconds": 0.1}))
+    try:
+        _, _, c1 = await w.user("oscar")
+        _, _, c2 = await w.user("petra")
+        from berrychat.chat.accounts import Accounts
+
+        acc = Accounts(w.server.settings.auth, w.server.store)  # like the CLI: no sink
+        await acc.set_disabled("oscar", True)
+        await acc.reset_password("petra", "brand new password")
+        assert (await c1.wait_closed())[0] == codes.CLOSE_DISABLED
+        assert (await c2.wait_closed())[0] == codes.CLOSE_AUTH
+    finally:
+        await w.close()
+        await w.server.stop(drain_seconds=0.2)

@@ -391,6 +391,36 @@ class Store(ABC):
 
         return await self.run(tx)
 
+    async def live_sessions(self, token_hashes: Sequence[str]) -> dict[str, tuple[int, bool]]:
+        """For the given session hashes that still exist: (expires_at, user disabled)."""
+
+        def tx(d: Dialect) -> Tx[dict[str, tuple[int, bool]]]:
+            out: dict[str, tuple[int, bool]] = {}
+            for ch in _chunks(list(token_hashes), 500):
+                rows = yield Q(
+                    "SELECT s.token_hash, s.expires_at, u.disabled FROM sessions s "
+                    f"JOIN users u ON u.id = s.user_id WHERE s.token_hash IN ({_qs(len(ch))})",
+                    ch,
+                    "all",
+                )
+                for r in rows:
+                    out[r[0]] = (r[1], bool(r[2]))
+            return out
+
+        return await self.run(tx, write=False)
+
+    async def disabled_users(self, user_ids: Sequence[int]) -> set[int]:
+        def tx(d: Dialect) -> Tx[set[int]]:
+            out: set[int] = set()
+            for ch in _chunks(list(user_ids), 500):
+                rows = yield Q(
+                    f"SELECT id FROM users WHERE disabled=1 AND id IN ({_qs(len(ch))})", ch, "all"
+                )
+                out.update(r[0] for r in rows)
+            return out
+
+        return await self.run(tx, write=False)
+
     async def purge_expired_sessions(self, now: int) -> int:
         def tx(d: Dialect) -> Tx[int]:
             return (yield Q("DELETE FROM sessions WHERE expires_at < ?", (now,), "rowcount"))
