@@ -93,7 +93,6 @@ class Connection(asyncio.Protocol):
         self.user_id = 0
         self.token_hash = ""
         self.device_id = ""
-        self.session: dict[str, Any] | None = None
         self.bad_frames = 0
         self.http_queue: list[Request] | None = None
         self.http_busy = False
@@ -364,7 +363,6 @@ class Connection(asyncio.Protocol):
             self.user_id = s["user_id"]
             self.token_hash = s["token_hash"]
             self.device_id = s["device_id"]
-            self.session = s
             ok, first = gw.hub.attach(self)
             if not ok:
                 self.send_error(fid, "hello", "rate_limited", "too many connections")

@@ -203,8 +203,11 @@ def parse_client_frame(text: str, *, max_text: int = 4000) -> tuple[str, Any, di
         raise
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(obj)
 
 
 def encode(obj: Any) -> bytes:
