@@ -61,7 +61,6 @@ class Connection(asyncio.Protocol):
         "user_id",
         "token_hash",
         "device_id",
-        "session",
         "bad_frames",
         "http_queue",
         "http_busy",
