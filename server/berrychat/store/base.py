@@ -682,15 +682,17 @@ class Store(ABC):
 
         def tx(d: Dialect) -> Tx[Any]:
             row = yield Q(
-                "SELECT m.read_seq, m.delivered_seq, c.last_seq FROM members m JOIN "
-                "conversations c ON c.id = m.conversation_id WHERE m.conversation_id=? "
-                f"AND m.user_id=?{d.for_update}",
+                "SELECT read_seq, delivered_seq FROM members WHERE conversation_id=? "
+                f"AND user_id=?{d.for_update}",
                 (conv, user),
                 "one",
             )
             if row is None:
                 return None
-            read, delivered, last = row
+            # The conversation row is read without a lock: receipts never wait for sends.
+            crow = yield Q("SELECT last_seq FROM conversations WHERE id=?", (conv,), "one")
+            read, delivered = row
+            last = crow[0] if crow else 0
             seq_c = min(seq, last)
             if kind == "read":
                 read = max(read, seq_c)
