@@ -184,3 +184,11 @@ async def test_text_limits(world):
     with pytest.raises(ClientError) as e:
         await ca.send_text(conv, "   ")
     assert e.value.code == "bad_field"
+
+
+async def test_pipelined_flood_is_backpressured_not_dropped(sworld):
+    a, b, ca, cb, conv = await pair(sworld)
+    acks = await asyncio.gather(*[ca.send_text(conv, f"flood {i}", timeout=60) for i in range(700)])
+    seqs = sorted(x["seq"] for x in acks)
+    assert seqs == list(range(2, 702))
+    assert (await ca.request("ping"))["type"] == "ack"

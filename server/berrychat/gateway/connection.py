@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 HTTP, WS, CLOSED = 0, 1, 2
 PING_FRAME = encode_frame(OP_PING, b"")
+MAX_INFLIGHT = 256  # unanswered requests per connection before the server stops reading it
 
 
 class Connection(asyncio.Protocol):
@@ -66,6 +67,8 @@ class Connection(asyncio.Protocol):
         "http_busy",
         "peer",
         "attached",
+        "inflight",
+        "paused",
         "__weakref__",
     )
 
@@ -97,6 +100,8 @@ class Connection(asyncio.Protocol):
         self.http_busy = False
         self.peer = ""
         self.attached = False
+        self.inflight = 0
+        self.paused = False
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -119,6 +124,20 @@ class Connection(asyncio.Protocol):
             self._ws_data(data)
         elif self.state == HTTP:
             self._http_data(data)
+
+    # ---- request backpressure: stop reading while too many requests are unanswered ----------
+    def begin_request(self) -> None:
+        self.inflight += 1
+        if self.inflight >= MAX_INFLIGHT and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def end_request(self) -> None:
+        self.inflight -= 1
+        if self.paused and self.inflight <= MAX_INFLIGHT // 2 and self.transport is not None:
+            self.paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
 
     # ---- output --------------------------------------------------------------------------
     def send_bytes(self, data: bytes) -> None:

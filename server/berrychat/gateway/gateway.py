@@ -156,6 +156,7 @@ class Gateway:
         uid = conn.user_id
         if ftype.startswith("msg.") or ftype in _STREAM_OPS:
             op = _to_op(ftype, uid, f)
+            conn.begin_request()
             self.chat.submit(op, _acker(conn, fid, ftype))
             return
         if ftype == "hello":
@@ -168,6 +169,7 @@ class Gateway:
         if handler is None:  # pragma: no cover - SCHEMAS and _HANDLERS are kept in step
             conn.send_error(fid, ftype, "bad_frame", f"unknown frame type {ftype!r}")
             return
+        conn.begin_request()
         asyncio.get_running_loop().create_task(self._run(conn, ftype, fid, f, handler))
 
     async def _run(
@@ -187,6 +189,8 @@ class Gateway:
             log.exception("handler %s failed", ftype)
             conn.send_error(fid, ftype, "internal", "internal error")
             return
+        finally:
+            conn.end_request()
         conn.send_obj(ack(fid, ftype, **(payload or {})))
 
 
@@ -232,6 +236,7 @@ def _to_op(ftype: str, uid: int, f: dict[str, Any]) -> Op:
 
 def _acker(conn: Connection, fid: Any, ftype: str) -> Callable[[OpResult | None], None]:
     def cb(res: OpResult | None) -> None:
+        conn.end_request()
         try:
             payload = op_ack(res)
         except ChatError as e:
