@@ -27,7 +27,7 @@ async def test_group_lifecycle(world):
     b, _, cb = await world.user("bea")
     c, _, cc = await world.user("cal")
     d, _, cd = await world.user("dan")
-    r = await ca.request("conv.create", kind="group", members=["bea", "cal"], title="Pi club 🥧")
+    r = await ca.request("conv.create", kind="group", members=["BEA", "cal"], title="Pi club 🥧")
     conv = r["conv"]
     ev = await cb.next_event("msg", pred=lambda e: e["kind"] == "create")
     assert ev["title"] == "Pi club 🥧" and sorted(ev["members"]) == sorted(

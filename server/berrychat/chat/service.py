@@ -16,7 +16,7 @@ from ..config import Settings
 from ..protocol.codes import ChatError
 from ..protocol.frames import encode
 from ..store import Op, OpResult, Store, StoreError
-from .accounts import Accounts
+from .accounts import Accounts, normalize_username
 from .committer import Committer
 from .presence import Presence
 from .sink import Sink
@@ -79,7 +79,7 @@ class ChatService:
     async def create_conversation(
         self, user: int, kind: str, members: Sequence[int | str], title: str = ""
     ) -> dict[str, Any]:
-        refs = list(dict.fromkeys(members))
+        refs = _norm_refs(members)
         try:
             found = await self.store.resolve_users(refs)
         except StoreError as e:
@@ -132,8 +132,9 @@ class ChatService:
     async def add_members(self, user: int, conv: int, refs: Sequence[int | str]) -> dict[str, Any]:
         if not await self.is_member(conv, user):
             raise ChatError("not_found", "no such conversation")
+        refs = _norm_refs(refs)
         try:
-            found = await self.store.resolve_users(list(dict.fromkeys(refs)))
+            found = await self.store.resolve_users(refs)
         except StoreError as e:
             raise _unavailable(e)
         missing = [r for r in refs if r not in found]
@@ -252,6 +253,11 @@ class ChatService:
             "enabled": True,
             "users": {str(u): self.presence.get(u) for u in users if u in peers},
         }
+
+
+def _norm_refs(refs: Sequence[int | str]) -> list[int | str]:
+    """User references as given by clients: ids, or user names in any letter case."""
+    return list(dict.fromkeys(normalize_username(r) if isinstance(r, str) else r for r in refs))
 
 
 def op_ack(res: OpResult | None) -> dict[str, Any]:

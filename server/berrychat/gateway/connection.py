@@ -196,11 +196,17 @@ class Connection(asyncio.Protocol):
             self._http_fail(e.status, e.message)
             return
         for req in reqs:
-            if req.header("upgrade", "").lower() == "websocket":
+            if (req.header("upgrade") or "").lower() == "websocket":
+                if self.http_busy or self.http_queue:
+                    self._http_fail(400, "a WebSocket upgrade must not be pipelined")
+                    return
                 self._upgrade(req)
                 return
             if self.http_queue is None:
                 self.http_queue = []
+            if len(self.http_queue) >= 64:
+                self._http_fail(429, "too many pipelined requests")
+                return
             self.http_queue.append(req)
         if self.http_queue and not self.http_busy:
             self.http_busy = True
