@@ -314,7 +314,7 @@ class Connection(asyncio.Protocol):
                 self.close_ws(code, "", True)
                 return
             elif op == OP_BINARY:
-                self.close_ws(1003, "binary frames are not supported", True)
+                self.close_ws(codes.CLOSE_UNSUPPORTED_DATA, "binary frames are not supported", True)
                 return
             if self.closing:
                 return

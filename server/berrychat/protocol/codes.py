@@ -49,6 +49,7 @@ class ChatError(Exception):
 CLOSE_NORMAL = 1000  # client or server ended the session on purpose: do not reconnect
 CLOSE_GOING_AWAY = 1001  # server draining/restarting: reconnect (any process) at once, then resync
 CLOSE_PROTOCOL_ERROR = 1002  # WebSocket framing violated: fix the client; reconnect with backoff
+CLOSE_UNSUPPORTED_DATA = 1003  # a binary frame: never send binary frames
 CLOSE_INVALID_PAYLOAD = 1007  # text frame with invalid UTF-8
 CLOSE_TOO_BIG = 1009  # frame/message above limits.max_frame_bytes
 CLOSE_INTERNAL = 1011  # server bug: reconnect with backoff, resync
@@ -67,6 +68,7 @@ CLOSE_CODES: dict[int, str] = {
     CLOSE_NORMAL: "normal closure; do not reconnect automatically",
     CLOSE_GOING_AWAY: "server going away (drain/restart); reconnect at once, then resync",
     CLOSE_PROTOCOL_ERROR: "WebSocket protocol error; reconnect with backoff",
+    CLOSE_UNSUPPORTED_DATA: "binary frames are not supported",
     CLOSE_INVALID_PAYLOAD: "invalid UTF-8 in a text frame; do not resend that frame",
     CLOSE_TOO_BIG: "frame too big; do not resend that frame",
     CLOSE_INTERNAL: "internal error; reconnect with backoff, then resync",
