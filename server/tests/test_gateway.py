@@ -14,13 +14,13 @@ from berrychat.protocol.frames import encode
 
 async def test_heartbeat_keeps_live_clients_and_drops_dead_ones(sqlite_db):
     w = await start_world(
-        make_settings(sqlite_db, heartbeat={"interval_seconds": 0.15, "timeout_seconds": 0.5})
+        make_settings(sqlite_db, heartbeat={"interval_seconds": 0.3, "timeout_seconds": 1.0})
     )
     try:
         _, token, live = await w.user("ann")
         dead = await w.connect(token)
         dead.auto_pong = False
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(2.0)
         assert not live.closed.done()
         code, reason = await dead.wait_closed(timeout=3)
         assert code == codes.CLOSE_HEARTBEAT_TIMEOUT
