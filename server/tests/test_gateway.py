@@ -178,3 +178,19 @@ async def test_ws_paths(sworld, path):
     c = await Client.connect(sworld.host, sworld.port, token, path=path)
     assert c.welcome["v"] == 1
     c.abort()
+
+
+async def test_broker_sees_local_users_come_and_go(sworld):
+    events = []
+    b = sworld.server.broker
+    b.local_user_added = lambda u: events.append(("+", u))
+    b.local_user_removed = lambda u: events.append(("-", u))
+    u, token, c1 = await sworld.user("routed")
+    c2 = await sworld.connect(token)
+    c1.abort()
+    c2.abort()
+    for _ in range(100):
+        if len(events) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert events == [("+", u["id"]), ("-", u["id"])]

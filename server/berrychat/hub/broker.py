@@ -8,6 +8,9 @@ Contract (what a Redis broker must also do):
   membership cache invalidation). At-most-once.
 - Deliveries arrive by calling `Receiver.deliver(user_ids, data)` /
   `Receiver.on_control(msg)` on the event loop of each process, including the publisher's own.
+- `local_user_added(user_id)` / `local_user_removed(user_id)`: the hub reports the first and the
+  last connection of a user on this process, so that a routing broker can subscribe only to
+  what its connections need (e.g. per-user-shard channels).
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ class Broker(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    def local_user_added(self, user_id: int) -> None:  # noqa: B027 - optional hook
+        """First connection of this user on this process."""
+
+    def local_user_removed(self, user_id: int) -> None:  # noqa: B027 - optional hook
+        """Last connection of this user on this process closed."""
 
 
 class InProcessBroker(Broker):

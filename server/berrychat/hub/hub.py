@@ -44,6 +44,7 @@ class Hub:
             return False, False
         if lst is None:
             self.by_user[ep.user_id] = [ep]
+            self.broker.local_user_added(ep.user_id)
         else:
             lst.append(ep)
         self.by_session.setdefault(ep.token_hash, []).append(ep)
@@ -64,6 +65,7 @@ class Hub:
         self.total -= 1
         if not lst:
             del self.by_user[ep.user_id]
+            self.broker.local_user_removed(ep.user_id)
             return True
         return False
 
