@@ -121,11 +121,14 @@ class Server:
         """Stop accepting, tell clients to reconnect elsewhere, finish in-flight commits."""
         if self._server is not None:
             self._server.close()
-        await self.gateway.drain()
+        # 1. stop taking new work, 2. commit and acknowledge what was accepted,
+        # 3. close every WebSocket with 1001 ("reconnect elsewhere").
+        self.gateway.quiesce()
         try:
             await asyncio.wait_for(self.chat.committer.drain(), timeout=max(drain_seconds, 0.1))
         except TimeoutError:
             log.warning("in-flight commits did not finish in %.1fs", drain_seconds)
+        await self.gateway.drain()
         deadline = asyncio.get_running_loop().time() + drain_seconds
         while self.gateway.conns and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)

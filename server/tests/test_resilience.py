@@ -71,3 +71,46 @@ async def test_two_processes_share_one_mariadb(mariadb):
         await w2.close()
         await one.stop(drain_seconds=0.2)
         await two.stop(drain_seconds=0.2)
+
+
+async def test_drain_loses_no_acknowledged_message(backend):
+    s = make_settings(backend, limits={"group_commit_ms": 5})
+    server = Server(s)
+    await server.start()
+    w = World(server)
+    _, _, ca = await w.user("ann")
+    await w.user("bob", connect=False)
+    conv = (await ca.request("conv.create", kind="direct", members=["bob"]))["conv"]
+    acked = []
+
+    async def send(i):
+        try:
+            acked.append((await ca.send_text(conv, f"m{i}", timeout=5))["seq"])
+        except Exception:
+            pass  # not acknowledged: the client would resend after reconnecting
+
+    tasks = [asyncio.create_task(send(i)) for i in range(300)]
+    await asyncio.sleep(0.02)
+    await server.stop(drain_seconds=2)
+    await asyncio.gather(*tasks)
+    code, _ = await ca.wait_closed()
+    assert code == 1001
+    again = Server(s)
+    await again.start()
+    try:
+        w2 = World(again)
+        tok = (await login(w2.host, w2.port, "bob", PASSWORD))["token"]
+        c = await w2.connect(tok)
+        stored = set()
+        after = 0
+        while True:
+            page = await c.history(conv, after=after, limit=500)
+            stored |= {m["seq"] for m in page["messages"]}
+            if not page["more"]:
+                break
+            after = page["messages"][-1]["seq"]
+        assert len(acked) > 0
+        assert set(acked) <= stored
+        await w2.close()
+    finally:
+        await again.stop(drain_seconds=0.2)

@@ -134,7 +134,12 @@ class Connection(asyncio.Protocol):
 
     def end_request(self) -> None:
         self.inflight -= 1
-        if self.paused and self.inflight <= MAX_INFLIGHT // 2 and self.transport is not None:
+        if (
+            self.paused
+            and self.inflight <= MAX_INFLIGHT // 2
+            and self.transport is not None
+            and not self.gw.draining
+        ):
             self.paused = False
             if not self.transport.is_closing():
                 self.transport.resume_reading()

@@ -130,9 +130,25 @@ class Gateway:
             elif not c.http_busy and now - c.last_rx > http_idle:
                 t.close()
 
-    async def drain(self, code: int = codes.CLOSE_GOING_AWAY) -> None:
-        """Tell every client to reconnect elsewhere; used on shutdown."""
+    def quiesce(self) -> None:
+        """First drain step: refuse new WebSockets and stop reading frames from existing ones,
+        so that the work already accepted can finish (and be acknowledged)."""
         self.draining = True
+        for c in list(self.conns):
+            t = c.transport
+            if t is None:
+                continue
+            if c.state == WS:
+                if not c.paused:
+                    c.paused = True
+                    t.pause_reading()
+            elif not c.http_busy:
+                t.close()
+
+    async def drain(self, code: int = codes.CLOSE_GOING_AWAY) -> None:
+        """Last drain step: tell every client to reconnect elsewhere."""
+        self.quiesce()
+        self._flush()
         for c in list(self.conns):
             if c.state == WS:
                 c.close_ws(code, "server going away: reconnect elsewhere")
