@@ -17,6 +17,7 @@ from .chat.service import ChatService
 from .config import Settings
 from .gateway import Gateway
 from .http import HttpApi
+from .http.static import StaticFiles
 from .hub import Broker, Hub, InProcessBroker
 from .protocol.codes import CLOSE_AUTH, CLOSE_DISABLED
 from .store import Store, open_store
@@ -45,7 +46,7 @@ class Server:
         self.chat = ChatService(settings, self.store, self.hub)
         self.hub.on_members_changed = self.chat.members.invalidate
         self.api = HttpApi(settings, self.chat)
-        self.gateway = Gateway(settings, self.chat, self.hub, self.api)
+        self.gateway = Gateway(settings, self.chat, self.hub, StaticFiles(self.api))
         self.migrate = migrate
         self._server: asyncio.AbstractServer | None = None
         self._janitor: asyncio.Task | None = None

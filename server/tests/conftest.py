@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from support import INSTALL_DB, MARIADBD, MariaDB, World, make_settings, start_world
 
 
@@ -53,7 +54,7 @@ def sqlite_db(tmp_path: Path) -> dict[str, Any]:
     return {"type": "sqlite", "database": str(tmp_path / "chat.db")}
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def world(backend: dict[str, Any]) -> AsyncIterator[World]:
     w = await start_world(make_settings(backend))
     yield w
@@ -61,7 +62,7 @@ async def world(backend: dict[str, Any]) -> AsyncIterator[World]:
     await w.server.stop(drain_seconds=0.5)
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def sworld(sqlite_db: dict[str, Any]) -> AsyncIterator[World]:
     """SQLite only: for transport-level tests where the database does not matter."""
     w = await start_world(make_settings(sqlite_db))
