@@ -62,7 +62,10 @@ async def next_error(c):
         ('{"type":"msg.send","id":{"x":1},"conv":1,"cid":"a","text":"hi"}', "bad_field"),
     ],
 )
-async def test_invalid_frames_get_error_frames(world, raw, code):
+async def test_invalid_frames_get_error_frames(sworld, raw, code):
+    """(SQLite only: invalid frames never reach the store; test_authorization and the domain
+    tests cover both databases.)"""
+    world = sworld
     ca, cb, conv = await setup(world)
     ca.send_frame(OP_TEXT, raw.encode())
     err = await next_error(ca)
