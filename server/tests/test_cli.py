@@ -131,3 +131,16 @@ def test_serve_with_bad_config_stops_with_one_clear_message(tmp_path):
     assert r.stderr.decode().strip() == (
         'config error: database.port: expected integer 1-65535, got "abc"'
     )
+
+
+def test_unreachable_database_is_one_clear_message(tmp_path, capsys):
+    port = _free_port()  # nothing listens there
+    cfg = tmp_path / "config.json"
+    cfg.write_text(
+        json.dumps(
+            {"database": {"type": "mysql", "host": "127.0.0.1", "port": port, "connect_timeout": 2}}
+        )
+    )
+    assert main(["migrate", "--config", str(cfg)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"database error: cannot connect to MariaDB at 127.0.0.1:{port}")

@@ -57,9 +57,7 @@ class _File:
 class StaticFiles:
     """An HTTP handler: the web client's files, else `fallback` (the API)."""
 
-    def __init__(
-        self, fallback: Callable[[Request], Awaitable[bytes]], root: Path = ROOT
-    ) -> None:
+    def __init__(self, fallback: Callable[[Request], Awaitable[bytes]], root: Path = ROOT) -> None:
         self.fallback = fallback
         self.root = root
         self._names: dict[str, Path] | None = None

@@ -278,6 +278,7 @@ async function onWelcome(ack) {
     flushPending();
     refreshPresence();
     if (S.current) openConv(S.current, { keepFocus: true });
+    else openFromHash();
     if (document.visibilityState === 'hidden') setPresence('away');
   } catch (e) {
     if (e.code !== 'disconnected') console.warn('BerryChat: resync failed', e);
@@ -981,6 +982,7 @@ function dropPending(c, cid) {
 // Send (or resend with the same cid) every pending message, oldest first, per conversation.
 const sendingNow = new Set();
 async function flushPending() {
+  if (!S.sock || S.sock.state !== 'online') return;
   for (const c of S.convs.values()) {
     for (const p of [...c.pending.values()]) {
       if (p.failed || sendingNow.has(p.cid)) continue;
