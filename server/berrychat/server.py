@@ -44,7 +44,7 @@ class Server:
             max_total=settings.limits.max_connections,
         )
         self.chat = ChatService(settings, self.store, self.hub)
-        self.hub.on_members_changed = self.chat.members.invalidate
+        self.hub.on_members_changed = self.chat.members_changed
         self.api = HttpApi(settings, self.chat)
         self.gateway = Gateway(settings, self.chat, self.hub, StaticFiles(self.api))
         self.migrate = migrate

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..config import Settings
@@ -43,8 +43,38 @@ class MemberCache:
             self._d.popitem(last=False)
         return m
 
+    def peek(self, conv: int) -> frozenset[int] | None:
+        return self._d.get(conv)
+
     def invalidate(self, conv: int) -> None:
         self._d.pop(conv, None)
+
+
+class PeerCache:
+    """user -> users sharing a conversation with them (the presence audience), kept for
+    `ttl` seconds; dropped for every member of a conversation whose membership changes."""
+
+    def __init__(self, store: Store, ttl: float = 60.0, size: int = 50000) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.size = size
+        self._d: OrderedDict[int, tuple[float, frozenset[int]]] = OrderedDict()
+
+    async def get(self, user: int) -> frozenset[int]:
+        now = time.monotonic()
+        hit = self._d.get(user)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        peers = frozenset(await self.store.peer_ids(user))
+        self._d[user] = (now, peers)
+        self._d.move_to_end(user)
+        if len(self._d) > self.size:
+            self._d.popitem(last=False)
+        return peers
+
+    def forget(self, users: Iterable[int]) -> None:
+        for u in users:
+            self._d.pop(u, None)
 
 
 def _unavailable(e: Exception) -> ChatError:
@@ -60,7 +90,8 @@ class ChatService:
         self.sink = sink
         self.accounts = Accounts(settings.auth, store, sink)
         self.members = MemberCache(store)
-        self.presence = Presence(settings.presence, store.peer_ids, sink.publish)
+        self.peers = PeerCache(store)
+        self.presence = Presence(settings.presence, self.peers.get, sink.publish)
         lim = settings.limits
         self.committer = Committer(
             store,
@@ -101,6 +132,7 @@ class ChatService:
         except StoreError as e:
             raise _unavailable(e)
         if ev is not None:
+            self.peers.forget([user, *ids])
             self.sink.publish([user, *ids], encode({"type": "msg", **ev}))
         return {"conv": conv, "existed": existed}
 
@@ -129,6 +161,14 @@ class ChatService:
         """Apply one stream operation and wait: the ack payload, or ChatError."""
         return op_ack(await self.committer.submit_wait(op))
 
+    def members_changed(self, conv: int) -> None:
+        """Drop cached member and peer lists touched by a membership change of `conv`
+        (called here and, through the broker, on every other process)."""
+        old = self.members.peek(conv)
+        self.members.invalidate(conv)
+        if old is not None:
+            self.peers.forget(old)
+
     async def add_members(self, user: int, conv: int, refs: Sequence[int | str]) -> dict[str, Any]:
         if not await self.is_member(conv, user):
             raise ChatError("not_found", "no such conversation")
@@ -145,17 +185,21 @@ class ChatService:
     async def _after_commit(self, ops: Sequence[Op], results: Sequence[OpResult]) -> None:
         changed = {op.conv for op, r in zip(ops, results, strict=True) if r.members_changed}
         for conv in changed:
-            self.members.invalidate(conv)
+            self.members_changed(conv)
             self.sink.members_changed(conv)
         for r in results:
             if r.event is None or r.dup:
                 continue
-            try:
-                users = await self.members.get(r.event["conv"])
-            except StoreError as e:
-                log.warning("fan-out skipped, members unavailable: %s", e)
-                continue
+            users = self.members.peek(r.event["conv"])
+            if users is None:
+                try:
+                    users = await self.members.get(r.event["conv"])
+                except StoreError as e:
+                    log.warning("fan-out skipped, members unavailable: %s", e)
+                    continue
             targets = list(users) + [u for u in r.also_notify if u not in users]
+            if r.members_changed:
+                self.peers.forget(targets)
             self.sink.publish(targets, encode({"type": "msg", **r.event}))
 
     async def history(
@@ -245,7 +289,7 @@ class ChatService:
         if not self.presence.enabled:
             return {"enabled": False, "users": {}}
         try:
-            peers = set(await self.store.peer_ids(user)) | {user}
+            peers = set(await self.peers.get(user)) | {user}
         except StoreError as e:
             raise _unavailable(e)
         # Users who share no conversation are not reported at all (no probing of accounts).

@@ -1184,7 +1184,7 @@ function openNewChat() {
 function ncKind() {
   const group = $('new-chat-form').kind.value === 'group';
   $('nc-title-row').hidden = !group;
-  $('nc-members-label').textContent = group ? 'Members' : 'User name';
+  $('nc-members-label').textContent = group ? 'Members' : 'Their user name';
   $('nc-hint').hidden = !group;
 }
 async function startChat(ev) {
