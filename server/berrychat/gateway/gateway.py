@@ -152,6 +152,10 @@ class Gateway:
         for c in list(self.conns):
             if c.state == WS:
                 c.close_ws(code, "server going away: reconnect elsewhere")
+                if c.paused and c.transport is not None and not c.transport.is_closing():
+                    # read again: only the peer's close frame (or EOF) is awaited now
+                    c.paused = False
+                    c.transport.resume_reading()
             elif c.transport is not None and not c.http_busy:
                 c.transport.close()
         self._flush()
