@@ -185,6 +185,9 @@ class Connection(asyncio.Protocol):
         if not self.dirty:
             self.dirty = True
             self.gw.mark_dirty(self)
+        if self.paused and not hard and self.transport is not None and not self.gw.draining:
+            self.paused = False  # read again: the peer's close reply ends the connection
+            self.transport.resume_reading()
 
     def _detach(self) -> None:
         if self.attached:
@@ -219,7 +222,9 @@ class Connection(asyncio.Protocol):
 
     def _http_fail(self, status: int, message: str) -> None:
         if self.transport is not None:
-            code = "not_found" if status == 404 else "bad_request"
+            code = {404: "not_found", 429: "rate_limited", 503: "unavailable"}.get(
+                status, "bad_request"
+            )
             body = json.dumps({"error": {"code": code, "message": message}}).encode()
             self.transport.write(build_response(status, body, keep_alive=False))
             self.transport.close()

@@ -44,6 +44,7 @@ function newConv(id) {
     updated_at: 0, member_count: 0, role: 'member', last_message: null, members: null,
     loaded: false, loading: null, msgs: new Map(), low: 0, high: 0, moreBefore: false,
     filling: false, pending: new Map(), sentDelivered: 0, sentRead: 0,
+    kinds: new Map(), // seq -> 1 if the event counts as unread (a live text by someone else)
   };
 }
 function conv(id) {
@@ -54,7 +55,37 @@ function conv(id) {
   }
   return c;
 }
-const unread = (c) => Math.max(0, c.last_seq - c.read_seq);
+// Unread: text messages from others after my read cursor, when every event in that range is
+// known here; otherwise the protocol's last_seq - read_seq (which also counts edits, reactions).
+function unread(c) {
+  const n = c.last_seq - c.read_seq;
+  if (n <= 0) return 0;
+  if (n > 500) return n;
+  let count = 0;
+  for (let s = c.read_seq + 1; s <= c.last_seq; s++) {
+    const k = c.kinds.get(s);
+    if (k === undefined) return n;
+    count += k;
+  }
+  return count;
+}
+function noteKind(c, ev) {
+  c.kinds.set(ev.seq, ev.kind === 'text' && ev.from !== S.me && !ev.recalled ? 1 : 0);
+  if (ev.kind === 'recall' && c.kinds.has(ev.target)) c.kinds.set(ev.target, 0);
+  if (c.kinds.size > 2000) {
+    for (const k of c.kinds.keys()) if (k <= c.read_seq) c.kinds.delete(k);
+  }
+}
+// Fetch the unread range of conversations we hold no events of, to count it properly.
+async function probeUnread(c) {
+  const n = c.last_seq - c.read_seq;
+  if (c.loaded || n <= 0 || n > 200 || unread(c) !== n) return;
+  try {
+    const r = await S.sock.request('history', { conv: c.id, after: c.read_seq, limit: n });
+    for (const m of Array.isArray(r.messages) ? r.messages : []) applyEvent(m, true);
+    renderList();
+  } catch { /* the protocol's count stays */ }
+}
 const isInt = (v) => Number.isInteger(v) && v >= 0;
 
 function addUser(u) {
@@ -305,6 +336,11 @@ async function resync() {
     })());
   }
   await Promise.all(workers);
+  const probes = changed.map((s) => S.convs.get(s.conv)).filter((c) => c && !c.loaded);
+  await Promise.all([0, 1, 2, 3].map(async () => {
+    while (probes.length) await probeUnread(probes.shift());
+  }));
+  renderList();
   for (const s of changed) {
     const c = S.convs.get(s.conv);
     if (c && c.last_seq > c.delivered_seq) receiptSoon(c, 'delivered');
@@ -416,6 +452,7 @@ function applyEvent(ev, fromHistory) {
     c.read_seq = ev.seq;
     c.delivered_seq = Math.max(c.delivered_seq, ev.seq);
   }
+  noteKind(c, ev);
   // Summary effects.
   if (kind === 'text' && (!c.last_message || ev.seq >= c.last_message.seq)) c.last_message = ev;
   if (kind === 'edit' && c.last_message && c.last_message.seq === ev.target && !fromHistory) {
