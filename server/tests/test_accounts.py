@@ -184,6 +184,26 @@ async def test_registration_can_be_closed(sqlite_db):
             w.host, w.port, "POST", "/api/v1/register", {"username": "jo", "password": PASSWORD}
         )
         assert st == 403 and r["error"]["code"] == "registration_closed"
+        # an administrator (made with the CLI) creates accounts instead
+        from berrychat.chat.accounts import Accounts
+
+        await Accounts(w.server.settings.auth, w.server.store).register(
+            "boss", PASSWORD, role="admin"
+        )
+        admin = (await login(w.host, w.port, "boss", PASSWORD))["token"]
+        body = {"username": "joe", "password": PASSWORD, "role": "user"}
+        st, r = await http_json(w.host, w.port, "POST", "/api/v1/admin/users", body, token=admin)
+        assert st == 201 and r["user"]["username"] == "joe"
+        joe = (await login(w.host, w.port, "joe", PASSWORD))["token"]
+        st, r = await http_json(
+            w.host,
+            w.port,
+            "POST",
+            "/api/v1/admin/users",
+            {"username": "sly", "password": PASSWORD},
+            token=joe,
+        )
+        assert st == 403
     finally:
         await w.server.stop(drain_seconds=0.2)
 

@@ -48,6 +48,7 @@ class HttpApi:
             ("GET", re.compile(rf"/api/v1/conversations/{c}"), self.conv_get, True),
             ("GET", re.compile(rf"/api/v1/conversations/{c}/messages"), self.history, True),
             ("POST", re.compile(rf"/api/v1/conversations/{c}/messages"), self.send, True),
+            ("POST", re.compile(r"/api/v1/admin/users"), self.admin_create_user, True),
             (
                 "POST",
                 re.compile(r"/api/v1/admin/users/(?P<name>[^/]{1,64})/(?P<action>disable|enable)"),
@@ -177,6 +178,18 @@ class HttpApi:
             "role": s["role"],
         }
         return 200, {"user": user, "device_id": s["device_id"], "expires_at": s["expires_at"]}
+
+    async def admin_create_user(self, req: Request, s: dict[str, Any]) -> tuple[int, Any]:
+        if s["role"] != "admin":
+            raise ChatError("forbidden", "administrators only")
+        b = self._body(req)
+        role = b.get("role", "user")
+        if role not in ("user", "admin"):
+            raise ChatError("bad_field", "role: expected user or admin")
+        user = await self.chat.accounts.register(
+            b.get("username"), b.get("password"), b.get("display_name") or "", role
+        )
+        return 201, {"user": public_user(user)}
 
     async def admin_user(
         self, req: Request, s: dict[str, Any], name: str, action: str
