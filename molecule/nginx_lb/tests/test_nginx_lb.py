@@ -1,0 +1,219 @@
+"""nginx_lb behaviour, probed from the edge container (and from the chat server for the
+loopback-only check). The upstream is the BerryChat stand-in on nginx_lb-chat1 (prepare.yml)."""
+
+import json
+import os
+import subprocess
+
+import pytest
+import testinfra
+from molecule_podman_hosts import hosts_in
+
+
+@pytest.fixture(scope="module")
+def host():
+    """The edge host. (A module-level testinfra_hosts is overridden by the --hosts option the
+    shared plugin sets, so the host is chosen by this fixture instead.)"""
+    return testinfra.get_host(hosts_in("edge")[0])
+
+
+CURL = "curl -sk --max-time 10 "
+
+
+def sh(host, cmd):
+    result = host.run(cmd)
+    assert result.rc == 0, f"{cmd}: rc={result.rc} {result.stderr}"
+    return result.stdout
+
+
+def test_configuration_is_valid(host):
+    result = host.run("nginx -t")
+    assert result.rc == 0, result.stderr
+    assert "test is successful" in result.stderr
+    assert host.service("nginx").is_running
+    assert host.service("nginx").is_enabled
+
+
+def test_upstreams_come_from_the_inventory(host):
+    site = host.file("/etc/nginx/sites-available/berrychat.conf").content_string
+    assert "least_conn;" in site
+    assert "server nginx_lb-chat1:8100 " in site
+    assert "server nginx_lb-chat1:8101 " in site
+
+
+def test_plain_http_redirects_to_https(host):
+    out = sh(
+        host, CURL + "-o /dev/null -w '%{http_code} %{redirect_url}' http://127.0.0.1/some/page?x=1"
+    )
+    assert out == "301 https://127.0.0.1/some/page?x=1"
+
+
+def test_acme_challenge_is_served_over_plain_http(host):
+    token = "probe-token-0123456789"
+    sh(host, f"echo challenge-{token} > /var/www/acme/.well-known/acme-challenge/{token}")
+    out = sh(
+        host, CURL + f"-w ' %{{http_code}}' http://127.0.0.1/.well-known/acme-challenge/{token}"
+    )
+    assert out == f"challenge-{token}\n 200"
+    missing = sh(
+        host,
+        CURL + "-o /dev/null -w '%{http_code}' http://127.0.0.1/.well-known/acme-challenge/nothing",
+    )
+    assert missing == "404"
+
+
+def test_https_sends_hsts_and_speaks_http2(host):
+    out = sh(host, CURL + "--http2 -I https://127.0.0.1/")
+    status = out.splitlines()[0]
+    assert status.startswith("HTTP/2 200"), out
+    assert "strict-transport-security: max-age=63072000" in out.lower()
+    assert "server: nginx\r" in out.lower()  # server_tokens off: no version
+
+
+def test_tls_versions(host):
+    for version in ("1.2", "1.3"):
+        out = sh(
+            host,
+            CURL
+            + f"--tlsv{version} --tls-max {version} -o /dev/null -w '%{{http_code}}' https://127.0.0.1/",
+        )
+        assert out == "200"
+    old = host.run(CURL + "--tlsv1.1 --tls-max 1.1 -o /dev/null https://127.0.0.1/")
+    assert old.rc != 0
+
+
+def test_static_client_with_caching_headers(host):
+    index = sh(host, CURL + "-i https://127.0.0.1/")
+    assert "BerryChat test client" in index
+    assert "cache-control: no-cache" in index.lower()
+    # Client-side routes fall back to the single-page client.
+    route = sh(host, CURL + "https://127.0.0.1/conversations/42")
+    assert "BerryChat test client" in route
+    asset = sh(host, CURL + "-i https://127.0.0.1/assets/app.0123abcd.js")
+    assert "console.log('berrychat')" in asset
+    assert "cache-control: public, max-age=31536000, immutable" in asset.lower()
+    assert "strict-transport-security" in asset.lower()
+
+
+def test_api_reaches_every_upstream_instance_on_the_chat_server(host):
+    seen = set()
+    for i in range(8):
+        body = json.loads(sh(host, CURL + f"https://127.0.0.1/api/v1/me?i={i}"))
+        assert body["host"] == "nginx_lb-chat1"
+        assert body["path"] == f"/api/v1/me?i={i}"
+        assert body["forwarded_proto"] == "https"
+        assert body["real_ip"] == "127.0.0.1"
+        seen.add(body["instance"])
+    assert seen == {8100, 8101}
+
+
+def test_websocket_upgrade_through_nginx(host):
+    out = sh(host, "ws-probe 127.0.0.1 443 /ws hello-berry").splitlines()
+    assert out[0] == "HTTP/1.1 101 Switching Protocols"
+    assert out[1] in ("echo from 8100: hello-berry", "echo from 8101: hello-berry")
+
+
+def test_websocket_location_settings(host):
+    site = host.file("/etc/nginx/sites-available/berrychat.conf").content_string
+    ws = site.split("location = /ws {", 1)[1].split("}", 1)[0]
+    assert "proxy_buffering off;" in ws
+    assert "proxy_read_timeout 180s;" in ws
+
+
+def test_attachments_via_x_accel_redirect(host):
+    out = sh(host, CURL + "-w ' %{http_code}' https://127.0.0.1/api/v1/files/hello.txt")
+    assert out == "attachment served by nginx\n 200"
+    # The internal location cannot be requested directly.
+    direct = sh(
+        host, CURL + "-o /dev/null -w '%{http_code}' https://127.0.0.1/_protected/uploads/hello.txt"
+    )
+    assert direct == "404"
+
+
+def test_body_size_limit(host):
+    # converge.yml sets nginx_lb_client_max_body_size: 1m.
+    small = sh(
+        host,
+        "head -c 500000 /dev/zero | "
+        + CURL
+        + "-o /dev/null -w '%{http_code}' --data-binary @- https://127.0.0.1/api/v1/x",
+    )
+    assert small == "200"
+    big = sh(
+        host,
+        "head -c 2000000 /dev/zero | "
+        + CURL
+        + "-o /dev/null -w '%{http_code}' --data-binary @- https://127.0.0.1/api/v1/x",
+    )
+    assert big == "413"
+
+
+def test_stub_status_on_loopback(host):
+    out = sh(host, "curl -s --max-time 5 http://127.0.0.1:8089/stub_status")
+    assert out.startswith("Active connections:")
+    assert host.socket("tcp://127.0.0.1:8089").is_listening
+    assert not host.socket("tcp://0.0.0.0:8089").is_listening
+
+
+@pytest.mark.parametrize("chat", hosts_in("chat_servers"))
+def test_stub_status_not_reachable_from_the_fleet(chat):
+    other = testinfra.get_host(chat)
+    probe = other.run(
+        "python3 -c \"import socket; socket.create_connection(('nginx_lb-edge', 8089), timeout=5)\""
+    )
+    assert probe.rc != 0
+    assert "refused" in probe.stderr.lower()
+
+
+def test_login_rate_limit(host):
+    # 10r/m with burst 5: of 15 immediate attempts at most 6 pass, the rest get 429.
+    codes = sh(
+        host,
+        "for i in $(seq 15); do "
+        + CURL
+        + "-o /dev/null -w '%{http_code}\\n' -X POST https://127.0.0.1/api/v1/login; done",
+    ).split()
+    assert codes[0] == "200"
+    assert codes.count("429") >= 9, codes
+    # Other API paths are not limited by the login zone.
+    assert sh(host, CURL + "-o /dev/null -w '%{http_code}' https://127.0.0.1/api/v1/me") == "200"
+
+
+def test_rejected_configuration_is_rolled_back(host):
+    """Re-apply the role with a value nginx -t rejects: the play must fail, the previous files
+    must be back and nginx must go on serving."""
+    site = "/etc/nginx/sites-available/berrychat.conf"
+    before = host.file(site).sha256sum
+    pid_before = sh(host, "cat /run/nginx.pid")
+    env = dict(os.environ)
+    ephemeral_cfg = os.path.join(
+        env.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"), "ansible.cfg"
+    )
+    if os.path.exists(ephemeral_cfg):
+        env["ANSIBLE_CONFIG"] = ephemeral_cfg
+    env.setdefault(
+        "ANSIBLE_ROLES_PATH", os.path.join(env.get("MOLECULE_PROJECT_DIRECTORY", "."), "roles")
+    )
+    playbook = os.path.join(os.path.dirname(__file__), "..", "converge.yml")
+    run = subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            env["MOLECULE_INVENTORY_FILE"],
+            playbook,
+            "-e",
+            "nginx_lb_client_max_body_size=25q",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode != 0, run.stdout[-2000:]
+    output = " ".join((run.stdout + run.stderr).split())  # the callback wraps long lines
+    assert "nginx -t rejected the new configuration" in output, run.stdout[-3000:]
+    assert "[emerg]" in output and "client_max_body_size" in output, run.stdout[-3000:]
+    assert host.file(site).sha256sum == before
+    assert host.run("nginx -t").rc == 0
+    assert sh(host, "cat /run/nginx.pid") == pid_before
+    assert sh(host, CURL + "-o /dev/null -w '%{http_code}' https://127.0.0.1/api/v1/me") == "200"
