@@ -194,3 +194,29 @@ async def test_broker_sees_local_users_come_and_go(sworld):
             break
         await asyncio.sleep(0.02)
     assert events == [("+", u["id"]), ("-", u["id"])]
+
+
+async def test_idle_connections_cost_no_task_and_no_timer(sworld):
+    """Only the client side (in this test process) has a task per connection; the server adds
+    none for idle connections, and no per-connection timer handles."""
+    loop = asyncio.get_running_loop()
+
+    def server_tasks():
+        return [
+            t for t in asyncio.all_tasks() if not t.get_coro().__qualname__.startswith("Client.")
+        ]
+
+    _, token, _ = await sworld.user("idler", connect=False)
+    await asyncio.sleep(0.1)
+    tasks_before = len(server_tasks())
+
+    def live_timers():
+        return [h for h in loop._scheduled if not h.cancelled()]  # noqa: SLF001 - test only
+
+    timers_before = len(live_timers())
+    clients = [await Client.connect(sworld.host, sworld.port, token) for _ in range(15)]
+    await asyncio.sleep(0.3)
+    assert len(server_tasks()) <= tasks_before
+    assert len(live_timers()) <= timers_before
+    for c in clients:
+        c.abort()
