@@ -80,9 +80,9 @@ async def test_broadcast_is_encoded_once(sworld, monkeypatch):
     seen: list[tuple[int, bytes]] = []
     orig = Connection.send_bytes
 
-    def spy(self, data):
+    def spy(self, data, answer=False):
         seen.append((self.user_id, data))
-        return orig(self, data)
+        return orig(self, data, answer)
 
     monkeypatch.setattr(Connection, "send_bytes", spy)
     await co.send_text(conv, "to everyone")
@@ -220,3 +220,20 @@ async def test_idle_connections_cost_no_task_and_no_timer(sworld):
     assert len(live_timers()) <= timers_before
     for c in clients:
         c.abort()
+
+
+async def test_large_answers_are_not_slow_consumers(sqlite_db):
+    """A history page larger than the push budget is still delivered."""
+    w = await start_world(make_settings(sqlite_db, limits={"out_queue_bytes": 4096}))
+    try:
+        _, _, ca = await w.user("big1")
+        await w.user("big2", connect=False)
+        conv = (await ca.request("conv.create", kind="direct", members=["big2"]))["conv"]
+        for i in range(8):
+            await ca.send_text(conv, f"{i} " + "ü" * 1500)
+        page = await ca.history(conv, limit=50)
+        assert len(page["messages"]) == 9
+        assert not ca.closed.done()
+    finally:
+        await w.close()
+        await w.server.stop(drain_seconds=0.2)

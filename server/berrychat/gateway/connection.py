@@ -145,14 +145,21 @@ class Connection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     # ---- output --------------------------------------------------------------------------
-    def send_bytes(self, data: bytes) -> None:
-        """Queue an encoded frame; flushed with everything else at the end of this tick."""
+    def send_bytes(self, data: bytes, answer: bool = False) -> None:
+        """Queue an encoded frame; flushed with everything else at the end of this tick.
+
+        Pushes count against `limits.out_queue_bytes` (slow consumer: close 4000). Answers to
+        the client's own requests (`answer=True`) do not: they are bounded by the request
+        backpressure instead, and a history page may be larger than the push budget."""
         if self.closing or self.state != WS:
             return
         t = self.transport
         if t is None:
             return
-        if self.out_bytes + len(data) + t.get_write_buffer_size() > self.gw.out_limit:
+        if (
+            not answer
+            and self.out_bytes + len(data) + t.get_write_buffer_size() > self.gw.out_limit
+        ):
             self.close_ws(codes.CLOSE_SLOW_CONSUMER, "slow consumer: reconnect and resync", True)
             self.gw.slow_consumers += 1
             return
@@ -163,7 +170,8 @@ class Connection(asyncio.Protocol):
             self.gw.mark_dirty(self)
 
     def send_obj(self, obj: dict[str, Any]) -> None:
-        self.send_bytes(encode(obj))
+        """Queue an answer (ack or error)."""
+        self.send_bytes(encode(obj), True)
 
     def send_error(self, fid: Any, re: str | None, code: str, message: str) -> None:
         self.send_obj(error(fid, re, code, message, codes.retryable(code)))
@@ -316,7 +324,8 @@ class Connection(asyncio.Protocol):
                 assert isinstance(m.data, str)
                 self._on_text(m.data)
             elif op == OP_PING:
-                self.send_bytes(encode_frame(OP_PONG, m.data if isinstance(m.data, bytes) else b""))
+                pong = encode_frame(OP_PONG, m.data if isinstance(m.data, bytes) else b"")
+                self.send_bytes(pong, True)
             elif op == OP_PONG:
                 pass
             elif op == OP_CLOSE:
