@@ -53,6 +53,9 @@ class DatabaseSettings:
     # For sqlite: the database file path (relative to the working directory).
     database: str = ""
     unix_socket: str = ""
+    # sqlite only: FULL = an acknowledged message survives a power cut; NORMAL = it survives a
+    # process crash but the last commits may be lost on power loss (faster on SD cards).
+    sqlite_synchronous: str = opt("FULL", choices=("FULL", "NORMAL"))
     pool_size: int = opt(8, 1, 200)
     connect_timeout: float = opt(5.0, 0.1, 300)
 

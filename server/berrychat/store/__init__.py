@@ -13,7 +13,7 @@ def open_store(db: DatabaseSettings) -> Store:
     if db.type == "sqlite":
         from .sqlite import SqliteStore
 
-        return SqliteStore(db)
+        return SqliteStore(db, synchronous=db.sqlite_synchronous)
     from .mysql import MysqlStore
 
     return MysqlStore(db)
