@@ -59,3 +59,13 @@ def test_build_response():
     raw = build_response(200, b"{}", keep_alive=False)
     assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"Content-Length: 2\r\n" in raw and b"Connection: close" in raw and raw.endswith(b"{}")
+
+
+def test_deeply_nested_body_is_a_400():
+    body = b"[" * 100000 + b"]" * 100000
+    [r] = RequestParser(max_body_bytes=1 << 20).feed(
+        b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    with pytest.raises(HttpError) as e:
+        r.json()
+    assert e.value.status == 400

@@ -45,7 +45,7 @@ class Request:
             return {}
         try:
             return json.loads(self.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise HttpError(400, "request body is not valid JSON")
 
 
