@@ -453,6 +453,13 @@ function applyEvent(ev, fromHistory) {
     c.delivered_seq = Math.max(c.delivered_seq, ev.seq);
   }
   noteKind(c, ev);
+  // The server advances a sender's cursors when it sends (§4): so do we, for every member.
+  const sender = c.members && c.members.get(ev.from);
+  if (sender && ev.seq > sender.read_seq && !fromHistory) {
+    sender.read_seq = ev.seq;
+    sender.delivered_seq = Math.max(sender.delivered_seq, ev.seq);
+    if (S.current === c.id) renderMarks(c);
+  }
   // Summary effects.
   if (kind === 'text' && (!c.last_message || ev.seq >= c.last_message.seq)) c.last_message = ev;
   if (kind === 'edit' && c.last_message && c.last_message.seq === ev.target && !fromHistory) {
@@ -530,7 +537,10 @@ function applyToTarget(c, ev) {
     if (list.length) t.reactions[ev.emoji] = list;
     else delete t.reactions[ev.emoji];
   }
-  if (S.current === c.id) renderMsg(c, t.seq);
+  if (S.current === c.id) {
+    renderMsg(c, t.seq);
+    for (const m of c.msgs.values()) if (m.reply_to === t.seq) renderMsg(c, m.seq);
+  }
 }
 
 function onReceipt(f) {
@@ -626,7 +636,7 @@ function renderTyping() {
 let myTyping = { conv: 0, sentAt: 0, timer: null };
 function typingInput() {
   const c = S.current;
-  if (!c || !S.sock || S.sock.state !== 'online') return;
+  if (!c || S.editing || !S.sock || S.sock.state !== 'online') return;
   const empty = !$('input').value.trim();
   const now = Date.now();
   if (!empty && (myTyping.conv !== c || now - myTyping.sentAt > 3000)) {
@@ -1062,6 +1072,7 @@ function sendText() {
   if (S.editing) {
     const seq = S.editing;
     cancelEdit();
+    stopTyping();
     S.sock.request('msg.edit', { conv: c.id, cid: newCid(), seq, text })
       .catch((e) => setConn('Not edited: ' + e.message, 'bad'));
     input.value = '';
