@@ -89,6 +89,20 @@ def test_utf8_split_across_fragments_is_valid():
         (encode_frame(OP_CLOSE, struct.pack("!H", 1005), mask=True), 1002),
         (encode_frame(OP_CLOSE, struct.pack("!H", 1000) + b"\xff", mask=True), 1007),
     ],
+    ids=[
+        "invalid-utf8",
+        "unmasked",
+        "rsv1",
+        "reserved-opcode",
+        "long-ping",
+        "fragmented-ping",
+        "orphan-continuation",
+        "interleaved-data",
+        "too-big",
+        "close-1-byte",
+        "close-1005",
+        "close-bad-reason",
+    ],
 )
 def test_violations(data, code):
     p = FrameParser(server=True, max_message=1024)
