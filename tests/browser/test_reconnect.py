@@ -7,9 +7,11 @@ import re
 
 from playwright.sync_api import Page, expect
 from webui import (
+    PASSWORD,
     Pages,
     ServerProcess,
     conv_item,
+    login,
     message,
     register,
     send,
@@ -111,3 +113,28 @@ def test_server_restart_drains_and_clients_resume(pages: Pages, server: ServerPr
     expect(message(fay_page, "after the restart")).to_have_count(1)
     expect(message(fay_page, "before the restart")).to_have_count(1)
     assert_no_duplicates(fay_page)
+
+
+def test_session_end_and_replacement(pages: Pages, server: ServerProcess) -> None:
+    page = pages.new()
+    gil, _ = server.make_user("gil")
+    login(page, server, gil)
+    session = page.evaluate("() => JSON.parse(localStorage.getItem('berrychat.session'))")
+    # A newer login on the same device id replaces this session: close 4409, no reconnect loop.
+    server.api(
+        "POST",
+        "/api/v1/login",
+        {"username": gil, "password": PASSWORD, "device_id": session["device_id"]},
+    )
+    expect(page.locator("#conn")).to_contain_text("signed in on this device somewhere else")
+    expect(page.locator("#me-state")).to_have_text("disconnected")
+    # Reconnecting by hand presents the revoked token: close 4401, so log in again.
+    page.locator("#conn").get_by_role("button", name="Reconnect").click()
+    expect(page.locator("#login-form")).to_be_visible()
+    expect(page.locator("#login-error")).to_contain_text("session ended")
+    login(page, server, gil)
+    # Logging out elsewhere (the HTTP API with this token) also ends up at the login form.
+    token = page.evaluate("() => JSON.parse(localStorage.getItem('berrychat.session')).token")
+    server.api("POST", "/api/v1/logout", {}, token=token)
+    expect(page.locator("#login-form")).to_be_visible()
+    expect(page.locator("#login-error")).to_contain_text("session ended")

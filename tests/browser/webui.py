@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -208,8 +209,14 @@ def conv_item(page: Page, title: str) -> Locator:
 
 
 def screenshot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), animations="disabled")
+    """Screenshots of the main views. They go to docs/screenshots/ (committed, shown in the
+    README) only with BERRYCHAT_SCREENSHOTS=1, so that ordinary test runs leave the tree clean."""
+    if os.environ.get("BERRYCHAT_SCREENSHOTS") == "1":
+        out = SCREENSHOTS
+    else:
+        out = Path(tempfile.gettempdir()) / "berrychat-screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(out / f"{name}.png"), animations="disabled")
 
 
 def wait_until(fn: Callable[[], bool], timeout: float = TIMEOUT_MS / 1000, what: str = "") -> None:

@@ -836,8 +836,10 @@ async function loadOlder() {
     const msgs = (Array.isArray(r.messages) ? r.messages : []).filter((m) => m && isInt(m.seq));
     if (S.current !== c.id) return;
     c.moreBefore = !!r.more && msgs.length > 0;
+    const oldLow = c.low;
     if (msgs.length) c.low = Math.min(c.low, msgs[0].seq);
     for (const m of msgs) applyEvent(m, true);
+    if (msgs.length) renderMsg(c, oldLow); // its predecessor is known now
     sc.scrollTop = sc.scrollHeight - before;
     $('load-older').hidden = !c.moreBefore;
   } catch (e) {
@@ -953,6 +955,17 @@ const SYSTEM_TEXT = {
   role: (e) => `${userName(e.user)} is now ${e.role}`,
 };
 
+// A message that follows one by the same sender within 5 minutes shows no name again.
+function continues(c, m) {
+  for (let s = m.seq - 1; s >= c.low && s > m.seq - 20; s--) {
+    const p = c.msgs.get(s);
+    if (!p) return false;
+    if (p.hidden) continue;
+    return p.kind === 'text' && p.from === m.from && (m.ts || 0) - (p.ts || 0) < 300000;
+  }
+  return false;
+}
+
 function msgEl(c, m) {
   if (m.hidden) return null;
   if (m.system) {
@@ -961,10 +974,14 @@ function msgEl(c, m) {
       f ? f(m) : 'Unsupported message');
   }
   const mine = m.from === S.me;
-  const li = el('li', { class: 'msg' + (mine ? ' mine' : '') + (m.recalled ? ' recalled' : ''),
+  const cont = m.seq && continues(c, m);
+  const li = el('li', { class: 'msg' + (mine ? ' mine' : '') + (m.recalled ? ' recalled' : '') +
+    (cont ? ' cont' : ''),
     'data-seq': m.seq ? String(m.seq) : '', 'data-cid': m.cid || '' });
   const bubble = el('div', { class: 'bubble' });
-  if (!mine && c.kind === 'group') bubble.append(el('div', { class: 'who', text: userName(m.from) }));
+  if (!mine && c.kind === 'group') {
+    bubble.append(el('div', { class: cont ? 'sr' : 'who', text: userName(m.from) }));
+  }
   if (m.reply_to) {
     const t = c.msgs.get(m.reply_to);
     const q = t && t.kind === 'text'
