@@ -20,7 +20,6 @@ down() {
 
 start_fleet() {
   podman network exists "$NETWORK" || podman network create "$NETWORK" >/dev/null
-  mkdir -p "$APT_CACHE/partial"
   for h in "${HOSTS[@]}"; do
     if podman container exists "$h"; then
       [[ "$(podman inspect -f '{{.State.Running}}' "$h")" == true ]] || podman start "$h" >/dev/null
@@ -31,9 +30,10 @@ start_fleet() {
     if [[ "$h" == berrychat-pi-1 ]]; then
       ports=(-p "127.0.0.1:$HTTP_PORT:80" -p "127.0.0.1:$HTTPS_PORT:443")
     fi
+    mkdir -p "$APT_CACHE/$h/partial"
     podman run -d --name "$h" --hostname "$h" --network "$NETWORK" \
       --memory 4g --ulimit nofile=20000:20000 --ulimit nproc=8192:8192 \
-      --systemd always -v "$APT_CACHE:/var/cache/apt/archives:rw" \
+      --systemd always -v "$APT_CACHE/$h:/var/cache/apt/archives:rw" \
       --label berrychat-demo=true "${ports[@]}" \
       "localhost/berrychat-pi:$ARCH" /sbin/init >/dev/null
     echo "started $h"

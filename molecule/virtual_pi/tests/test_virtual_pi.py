@@ -47,6 +47,6 @@ def test_fleet_names_resolve_on_the_project_network(host):
         assert out.rc == 0 and out.stdout.split(), f"{other_name} does not resolve"
 
 
-def test_apt_cache_is_shared(host):
+def test_apt_cache_is_mounted_from_the_host(host):
     assert host.file("/var/cache/apt/archives").is_directory
     assert "/var/cache/apt/archives" in host.check_output("cat /proc/self/mountinfo")
