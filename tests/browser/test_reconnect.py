@@ -138,3 +138,69 @@ def test_session_end_and_replacement(pages: Pages, server: ServerProcess) -> Non
     server.api("POST", "/api/v1/logout", {}, token=token)
     expect(page.locator("#login-form")).to_be_visible()
     expect(page.locator("#login-error")).to_contain_text("session ended")
+
+
+def test_a_lost_push_is_filled_by_seq(pages: Pages, server: ServerProcess) -> None:
+    """Pushes are at-most-once (protocol.md §11): drop one on its way to the page; the next push
+    reveals the hole and the client fills it with `history after=`, in order, once."""
+    hal, hal_token = server.make_user("hal")
+    page = pages.new()
+    dropped: list[str] = []
+
+    def on_ws(ws) -> None:  # noqa: ANN001 - playwright WebSocketRoute
+        srv = ws.connect_to_server()
+
+        def to_page(m: str | bytes) -> None:
+            if isinstance(m, str) and '"lost push"' in m and '"type":"msg"' in m:
+                dropped.append(m)
+                return
+            ws.send(m)
+
+        srv.on_message(to_page)
+
+    page.route_web_socket("**/ws", on_ws)
+    ivo = register(page, server, "ivo", "Ivo")
+    conv = server.api(
+        "POST", "/api/v1/conversations", {"kind": "direct", "members": [ivo]}, token=hal_token
+    )["conv"]
+    post = f"/api/v1/conversations/{conv}/messages"
+    server.api("POST", post, {"cid": "h1", "text": "first"}, token=hal_token)
+    conv_item(page, hal).get_by_role("button").click()
+    expect(message(page, "first")).to_be_visible()
+    server.api("POST", post, {"cid": "h2", "text": "lost push"}, token=hal_token)
+    server.api("POST", post, {"cid": "h3", "text": "after the loss"}, token=hal_token)
+    expect(message(page, "after the loss")).to_have_count(1)
+    expect(message(page, "lost push")).to_have_count(1)
+    assert dropped, "the push was not intercepted"
+    assert page_seqs(page) == [1, 2, 3, 4]
+    assert_no_duplicates(page)
+
+
+def test_unsent_messages_survive_a_reload(pages: Pages, server: ServerProcess) -> None:
+    kai, kai_token = server.make_user("kai")
+    page = pages.new()
+    lea = register(page, server, "lea", "Lea")
+    start_direct(page, kai)
+    page.context.set_offline(True)
+    expect(page.locator("#me-state")).to_have_text("offline")
+    send(page, "typed on the train")
+    expect(message(page, "typed on the train").locator(".mark")).to_have_attribute(
+        "aria-label", "Sending"
+    )
+    page.close()  # the tab is gone before the network is back
+    page.context.set_offline(False)
+    again = page.context.new_page()
+    again.goto(server.url + "/")
+    wait_online(again)
+    conv_item(again, kai).get_by_role("button").click()
+    expect(message(again, "typed on the train").locator(".mark")).to_have_attribute(
+        "aria-label", re.compile("Sent|Delivered|Read")
+    )
+
+    def stored() -> list[str]:
+        convs = server.api("GET", "/api/v1/conversations", token=kai_token)["conversations"]
+        h = server.api("GET", f"/api/v1/conversations/{convs[0]['conv']}/messages", token=kai_token)
+        return [m["text"] for m in h["messages"] if m["kind"] == "text"]
+
+    assert stored() == ["typed on the train"]
+    assert lea

@@ -230,6 +230,7 @@ async function onLogin(ev) {
 
 async function logout() {
   const s = S.session;
+  localStorage.removeItem('berrychat.pending.' + S.me);
   stopApp();
   localStorage.removeItem('berrychat.session');
   showLogin('You are logged out.');
@@ -256,6 +257,7 @@ function stopApp() {
 // ---- the connection ---------------------------------------------------------------------
 function startApp() {
   S.me = S.session.user.id;
+  loadPending();
   addUser(S.session.user);
   $('login-view').hidden = true;
   $('app-view').hidden = false;
@@ -1035,8 +1037,32 @@ function renderPending(c, p) {
   else ol.append(fresh);
   scrollToBottom(true);
 }
+// Unsent messages survive a reload (same cid: the server stores each once).
+function savePending() {
+  if (!S.session) return;
+  const all = [];
+  for (const c of S.convs.values()) {
+    for (const p of c.pending.values()) {
+      all.push({ conv: c.id, cid: p.cid, text: p.text, reply_to: p.reply_to || 0, ts: p.ts });
+    }
+  }
+  const key = 'berrychat.pending.' + S.me;
+  if (all.length) localStorage.setItem(key, JSON.stringify(all));
+  else localStorage.removeItem(key);
+}
+function loadPending() {
+  let all = [];
+  try {
+    all = JSON.parse(localStorage.getItem('berrychat.pending.' + S.me) || '[]');
+  } catch { /* ignore */ }
+  for (const p of Array.isArray(all) ? all : []) {
+    if (!p || !isInt(p.conv) || typeof p.cid !== 'string' || typeof p.text !== 'string') continue;
+    conv(p.conv).pending.set(p.cid, { conv: p.conv, seq: 0, from: S.me, kind: 'text', cid: p.cid,
+      text: p.text, ts: p.ts || Date.now(), reply_to: p.reply_to || 0, reactions: {} });
+  }
+}
 function dropPending(c, cid) {
-  c.pending.delete(cid);
+  if (c.pending.delete(cid)) savePending();
   if (S.current === c.id) {
     const li = $('messages').querySelector(`li[data-seq=""][data-cid="${CSS.escape(cid)}"]`);
     if (li) li.remove();
@@ -1099,6 +1125,7 @@ function sendText() {
   const p = { conv: c.id, seq: 0, from: S.me, kind: 'text', cid: newCid(), text, ts: Date.now(),
     reply_to: S.replyTo || 0, reactions: {} };
   c.pending.set(p.cid, p);
+  savePending();
   input.value = '';
   autosize();
   cancelReply();
