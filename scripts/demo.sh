@@ -39,7 +39,12 @@ start_fleet() {
     echo "started $h"
   done
   for h in "${HOSTS[@]}"; do
-    state=$(podman exec "$h" systemctl is-system-running --wait 2>/dev/null || true)
+    # Bounded wait: the system bus appears a moment after the container starts.
+    for _ in $(seq 90); do
+      state=$(podman exec "$h" systemctl is-system-running --wait 2>/dev/null || true)
+      [[ "$state" == running || "$state" == degraded ]] && break
+      sleep 2
+    done
     [[ "$state" == running || "$state" == degraded ]] || { echo "$h did not boot ($state)" >&2; exit 1; }
   done
 }
