@@ -115,13 +115,20 @@ class HeartbeatSettings:
 
 @dataclass(frozen=True)
 class RedisSettings:
-    """Cross-process routing (issue 4). Not used by the in-process broker."""
+    """Cross-process routing and shared state (presence, rate limits, revoked tokens)."""
 
     enabled: bool = False
     host: str = "localhost"
     port: int = opt(6379, 1, 65535)
     db: int = opt(0, 0, 1000)
     password: str = ""
+    # Channels are per user shard (user id % shards): a process subscribes to the shards of the
+    # users connected to it. More shards: less foreign traffic per process, more PUBLISHes per
+    # group message.
+    shards: int = opt(16, 1, 4096)
+    # Key and channel prefix (several BerryChat clusters, or tests, can share one Redis).
+    prefix: str = "berrychat:"
+    socket_timeout: float = opt(5.0, 0.1, 300)
 
 
 @dataclass(frozen=True)

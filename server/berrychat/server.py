@@ -19,7 +19,9 @@ from .gateway import Gateway
 from .http import HttpApi
 from .http.static import StaticFiles
 from .hub import Broker, Hub, InProcessBroker
+from .metrics import Metrics
 from .protocol.codes import CLOSE_AUTH, CLOSE_DISABLED
+from .shared import LocalState
 from .store import Store, open_store
 from .store.base import now_ms
 
@@ -36,13 +38,19 @@ class Server:
         migrate: bool = True,
     ) -> None:
         self.settings = settings
+        self.metrics = Metrics()
         self.store = store or open_store(settings.database)
+        if broker is None and settings.redis.enabled:
+            from .hub.redis_broker import RedisBroker
+
+            broker = RedisBroker(settings.redis, metrics=self.metrics)
         self.broker = broker or InProcessBroker()
         self.hub = Hub(
             self.broker,
             max_per_user=settings.limits.max_connections_per_user,
             max_total=settings.limits.max_connections,
         )
+        self.state: LocalState = LocalState()
         self.chat = ChatService(settings, self.store, self.hub)
         self.hub.on_members_changed = self.chat.members_changed
         self.api = HttpApi(settings, self.chat)
@@ -60,6 +68,18 @@ class Server:
             if applied:
                 log.info("applied migrations %s", applied)
         await self.broker.start(self.hub)
+        redis_client = getattr(self.broker, "redis", None)
+        if redis_client is not None:
+            from .shared import RedisState
+
+            self.state = RedisState(
+                redis_client,
+                self.settings.redis.prefix,
+                getattr(self.broker, "process_id", "p"),
+                self.metrics,
+            )
+            await self.state.start()
+            self.chat.use_state(self.state)
         loop = asyncio.get_running_loop()
         s = self.settings.server
         self._server = await loop.create_server(
@@ -142,6 +162,7 @@ class Server:
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
             except TimeoutError:
                 pass
+        await self.state.close()
         await self.broker.close()
         await self.store.close()
 

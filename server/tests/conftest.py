@@ -14,7 +14,16 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from support import INSTALL_DB, MARIADBD, MariaDB, World, make_settings, start_world
+from support import (
+    INSTALL_DB,
+    MARIADBD,
+    REDIS_SERVER,
+    MariaDB,
+    RedisServer,
+    World,
+    make_settings,
+    start_world,
+)
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +40,20 @@ def mariadb() -> Iterator[MariaDB]:
         pytest.skip(f"could not start a private MariaDB: {e}")
     yield m
     m.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    if not REDIS_SERVER:
+        pytest.skip("redis-server not installed (Debian package redis-server)")
+    r = RedisServer()
+    try:
+        r.start()
+    except Exception as e:
+        r.stop()
+        pytest.skip(f"could not start a private redis-server: {e}")
+    yield r
+    r.stop()
 
 
 @pytest.fixture(params=["sqlite", "mariadb"])

@@ -142,6 +142,78 @@ class MariaDB:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+REDIS_SERVER = shutil.which("redis-server") or (
+    "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+)
+_redis_prefix = itertools.count(1)
+
+
+class RedisServer:
+    """A private redis-server (Debian's) on a free loopback port, no persistence."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="berrychat-redis-"))
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert REDIS_SERVER
+        self.proc = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--logfile",
+                str(self.dir / "redis.log"),
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = (self.dir / "redis.log").read_text(errors="replace")[-1000:]
+                raise RuntimeError(f"redis-server did not start: {log}")
+            time.sleep(0.1)
+
+    def settings(self, **over: Any) -> dict[str, Any]:
+        """A `redis` config section with a fresh key prefix (tests share one server)."""
+        return {
+            "enabled": True,
+            "host": "127.0.0.1",
+            "port": self.port,
+            "prefix": f"t{os.getpid()}_{next(_redis_prefix)}:",
+            **over,
+        }
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def make_settings(db: dict[str, Any], **over: Any) -> config.Settings:
     base: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0},

@@ -14,6 +14,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from ..config import AuthSettings
 from ..protocol.codes import CLOSE_AUTH, CLOSE_DISABLED, CLOSE_REPLACED, ChatError
+from ..shared import LocalState
 from ..store import Conflict, Store
 from .sink import NullSink, Sink
 
@@ -44,6 +45,7 @@ class Accounts:
         self.auth = auth
         self.store = store
         self.sink: Sink = sink or NullSink()
+        self.state = LocalState()  # replaced by the server's shared state (Redis)
         self.hasher = PasswordHasher(
             time_cost=auth.argon2_time_cost,
             memory_cost=auth.argon2_memory_kib,
@@ -124,6 +126,7 @@ class Accounts:
         expires = int(time.time() * 1000) + self.auth.token_ttl_seconds * 1000
         replaced = await self.store.create_session(th, user["id"], device_id, expires)
         if replaced:
+            await self._revoke(replaced)
             self.sink.kick_sessions(replaced, CLOSE_REPLACED, "session replaced by a new login")
         return {
             "token": token,
@@ -136,7 +139,10 @@ class Accounts:
         """The session of a token, or ChatError(auth_failed / account_disabled)."""
         if not isinstance(token, str) or not 10 <= len(token) <= 512:
             raise ChatError("auth_failed")
-        s = await self.store.get_session(token_hash(token))
+        th = token_hash(token)
+        if self.state.shared and await self.state.is_revoked(th):
+            raise ChatError("auth_failed")
+        s = await self.store.get_session(th)
         if s is None or s["expires_at"] <= int(time.time() * 1000):
             raise ChatError("auth_failed")
         if s["disabled"]:
@@ -145,6 +151,7 @@ class Accounts:
 
     async def logout(self, session: dict[str, Any]) -> None:
         await self.store.delete_session(session["token_hash"])
+        await self._revoke([session["token_hash"]])
         self.sink.kick_sessions([session["token_hash"]], CLOSE_AUTH, "logged out")
 
     async def change_password(self, session: dict[str, Any], old: str, new: str) -> int:
@@ -157,6 +164,7 @@ class Accounts:
         self.check_password_rules(new)
         await self.store.set_password(user["id"], await self.hash_password(new))
         gone = await self.store.delete_user_sessions(user["id"], keep=session["token_hash"])
+        await self._revoke(gone)
         self.sink.kick_sessions(gone, CLOSE_AUTH, "password changed")
         return len(gone)
 
@@ -166,15 +174,27 @@ class Accounts:
         self.check_password_rules(new)
         await self.store.set_password(user["id"], await self.hash_password(new))
         gone = await self.store.delete_user_sessions(user["id"])
+        await self._revoke(gone)
         self.sink.kick_sessions(gone, CLOSE_AUTH, "password reset")
 
     async def set_disabled(self, username: str, disabled: bool = True) -> dict[str, Any]:
         user = await self._by_name(username)
         await self.store.set_disabled(user["id"], disabled)
         if disabled:
-            await self.store.delete_user_sessions(user["id"])
+            await self._revoke(await self.store.delete_user_sessions(user["id"]))
             self.sink.kick_user(user["id"], CLOSE_DISABLED, "account disabled")
         return user
+
+    async def _revoke(self, hashes: list[str]) -> None:
+        """Remember revoked tokens in the shared state, so that every process refuses them at
+        once, whatever replica its session read comes from."""
+        if hashes:
+            try:
+                await self.state.revoke(hashes, self.auth.token_ttl_seconds)
+            except Exception as e:  # the rows are deleted already; this is a second line
+                import logging
+
+                logging.getLogger(__name__).warning("revocation not shared: %s", e)
 
     async def _by_name(self, username: str) -> dict[str, Any]:
         user = await self.store.get_user_by_name(normalize_username(username))

@@ -15,6 +15,7 @@ from typing import Any
 from ..config import Settings
 from ..protocol.codes import ChatError
 from ..protocol.frames import encode
+from ..shared import LocalState
 from ..store import Op, OpResult, Store, StoreError
 from .accounts import Accounts, normalize_username
 from .committer import Committer
@@ -104,7 +105,16 @@ class ChatService:
             delay_ms=lim.group_commit_ms,
             max_batch=lim.group_commit_max,
         )
+        self.state = LocalState()
+        self.presence.state = self.state
+        self.accounts.state = self.state
         self._typing_last: dict[tuple[int, int], tuple[bool, float]] = {}
+
+    def use_state(self, state: LocalState) -> None:
+        """Share presence, rate limits and revocations with other processes (Redis)."""
+        self.state = state
+        self.presence.state = state
+        self.accounts.state = state
 
     # ---- conversations -------------------------------------------------------------------
     async def create_conversation(
@@ -133,6 +143,7 @@ class ChatService:
             raise _unavailable(e)
         if ev is not None:
             self.peers.forget([user, *ids])
+            self.sink.members_changed(conv, [user, *ids])
             self.sink.publish([user, *ids], encode({"type": "msg", **ev}))
         return {"conv": conv, "existed": existed}
 
@@ -161,13 +172,15 @@ class ChatService:
         """Apply one stream operation and wait: the ack payload, or ChatError."""
         return op_ack(await self.committer.submit_wait(op))
 
-    def members_changed(self, conv: int) -> None:
+    def members_changed(self, conv: int, users: Sequence[int] = ()) -> None:
         """Drop cached member and peer lists touched by a membership change of `conv`
         (called here and, through the broker, on every other process)."""
         old = self.members.peek(conv)
         self.members.invalidate(conv)
         if old is not None:
             self.peers.forget(old)
+        if users:
+            self.peers.forget(users)
 
     async def add_members(self, user: int, conv: int, refs: Sequence[int | str]) -> dict[str, Any]:
         if not await self.is_member(conv, user):
@@ -185,8 +198,17 @@ class ChatService:
     async def _after_commit(self, ops: Sequence[Op], results: Sequence[OpResult]) -> None:
         changed = {op.conv for op, r in zip(ops, results, strict=True) if r.members_changed}
         for conv in changed:
+            old = self.members.peek(conv) or ()
+            touched = set(old)
+            for op, r in zip(ops, results, strict=True):
+                if op.conv == conv and r.members_changed:
+                    touched.update(r.also_notify)
+                    touched.update(op.users or ())
+                    if op.user is not None:
+                        touched.add(op.user)
+                    touched.add(op.actor)
             self.members_changed(conv)
-            self.sink.members_changed(conv)
+            self.sink.members_changed(conv, sorted(touched))
         for r in results:
             if r.event is None or r.dup:
                 continue
@@ -293,10 +315,9 @@ class ChatService:
         except StoreError as e:
             raise _unavailable(e)
         # Users who share no conversation are not reported at all (no probing of accounts).
-        return {
-            "enabled": True,
-            "users": {str(u): self.presence.get(u) for u in users if u in peers},
-        }
+        visible = [u for u in users if u in peers]
+        got = await self.presence.get_many(visible)
+        return {"enabled": True, "users": {str(u): got[u] for u in visible}}
 
 
 def _norm_refs(refs: Sequence[int | str]) -> list[int | str]:

@@ -17,8 +17,9 @@ class Sink(Protocol):
     def kick_user(self, user_id: int, code: int, reason: str) -> None:
         """Close every connection of a user (account disabled)."""
 
-    def members_changed(self, conv: int) -> None:
-        """Membership of `conv` changed (drop cached member lists, on every process)."""
+    def members_changed(self, conv: int, users: Sequence[int] = ()) -> None:
+        """Membership of `conv` changed (drop cached member lists, on every process); `users`
+        are the members before and after (their cached presence audiences are dropped too)."""
 
 
 class NullSink:
@@ -33,5 +34,5 @@ class NullSink:
     def kick_user(self, user_id: int, code: int, reason: str) -> None:
         pass
 
-    def members_changed(self, conv: int) -> None:
+    def members_changed(self, conv: int, users: Sequence[int] = ()) -> None:
         pass

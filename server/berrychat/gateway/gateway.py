@@ -309,7 +309,7 @@ async def _typing(chat: ChatService, conn: Connection, f: dict[str, Any]) -> dic
 
 async def _presence(chat: ChatService, conn: Connection, f: dict[str, Any]) -> dict[str, Any]:
     await chat.presence.set(conn.user_id, f["status"])
-    return {"status": chat.presence.get(conn.user_id) if chat.presence.enabled else "unknown"}
+    return {"status": f["status"] if chat.presence.enabled else "unknown"}
 
 
 async def _presence_get(chat: ChatService, conn: Connection, f: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ class Hub:
         self.by_session: dict[str, list[Endpoint]] = {}
         self.total = 0
         self.deliveries = 0
-        self.on_members_changed: Callable[[int], None] | None = None
+        self.on_members_changed: Callable[[int, Sequence[int]], None] | None = None
 
     # ---- registry ------------------------------------------------------------------------
     def attach(self, ep: Endpoint) -> tuple[bool, bool]:
@@ -90,8 +90,8 @@ class Hub:
     def kick_user(self, user_id: int, code: int, reason: str) -> None:
         self.broker.control({"op": "kick_user", "user": user_id, "code": code, "reason": reason})
 
-    def members_changed(self, conv: int) -> None:
-        self.broker.control({"op": "members_changed", "conv": conv})
+    def members_changed(self, conv: int, users: Sequence[int] = ()) -> None:
+        self.broker.control({"op": "members_changed", "conv": conv, "users": list(users)})
 
     # ---- Receiver (called by the broker) -------------------------------------------------
     def deliver(self, user_ids: Sequence[int], data: bytes) -> None:
@@ -116,6 +116,6 @@ class Hub:
                 ep.close_ws(msg["code"], msg["reason"])
         elif op == "members_changed":
             if self.on_members_changed is not None:
-                self.on_members_changed(msg["conv"])
+                self.on_members_changed(msg["conv"], msg.get("users") or ())
         else:
             log.warning("unknown control message %r", op)
