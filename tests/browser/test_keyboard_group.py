@@ -63,8 +63,16 @@ def test_keyboard_only(pages: Pages, server: ServerProcess) -> None:
     page.keyboard.press("Enter")
     expect(message(page, "😂")).to_be_visible()
     # Message menu by keyboard: Tab to a message's actions, arrows, Escape returns the focus.
+    # Message actions by keyboard: one of them is in the Tab order (the newest message's),
+    # the arrow keys move between messages, Escape closes the menu and returns the focus.
+    expect(page.locator("#input")).to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Shift+Tab")
+    newest = message(page, "😂").get_by_role("button", name=re.compile("Actions"))
+    expect(newest).to_be_focused()
+    page.keyboard.press("ArrowUp")
     more = message(page, "typed, never clicked").get_by_role("button", name=re.compile("Actions"))
-    more.focus()
+    expect(more).to_be_focused()
     page.keyboard.press("Enter")
     expect(page.get_by_role("menu")).to_be_visible()
     page.keyboard.press("Escape")

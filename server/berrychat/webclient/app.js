@@ -878,6 +878,30 @@ function renderAll(c, toBottom = true) {
   ol.append(frag);
   $('load-older').hidden = !c.moreBefore;
   if (toBottom) scrollToBottom(true);
+  roving();
+}
+
+// One message action button is in the Tab order; the arrow keys move between messages.
+// While the focus is elsewhere, the Tab stop is the newest message.
+function roving() {
+  const ol = $('messages');
+  if (ol.contains(document.activeElement) && ol.querySelector('.more[tabindex="0"]')) return;
+  const all = ol.querySelectorAll('.more');
+  for (const b of all) b.tabIndex = -1;
+  if (all.length) all[all.length - 1].tabIndex = 0;
+}
+function messageKeys(ev) {
+  const b = ev.target.closest('.more');
+  if (!b) return;
+  const all = [...$('messages').querySelectorAll('.more')];
+  const i = all.indexOf(b);
+  const to = { ArrowUp: i - 1, ArrowDown: i + 1, Home: 0, End: all.length - 1 }[ev.key];
+  if (to === undefined || !all[to]) return;
+  ev.preventDefault();
+  b.tabIndex = -1;
+  all[to].tabIndex = 0;
+  all[to].focus();
+  if (to === 0) loadOlder();
 }
 
 function nearBottom() {
@@ -896,8 +920,14 @@ function renderMsg(c, seq) {
   const old = ol.querySelector(`li[data-seq="${seq}"]`);
   const fresh = m ? msgEl(c, m) : null;
   if (old) {
+    const wasFocused = old.contains(document.activeElement);
+    const b = old.querySelector('.more[tabindex="0"]');
+    const nb = fresh && fresh.querySelector('.more');
+    if (b && nb) nb.tabIndex = 0;
     if (fresh) old.replaceWith(fresh);
     else old.remove();
+    if (wasFocused && nb) nb.focus();
+    roving();
     return;
   }
   if (!fresh) return;
@@ -911,6 +941,7 @@ function renderMsg(c, seq) {
     }
   }
   ol.insertBefore(fresh, after);
+  roving();
   if (stick) scrollToBottom(true);
 }
 
@@ -1015,7 +1046,7 @@ function msgEl(c, m) {
       onclick: () => { m.failed = false; flushPending(); renderPending(c, m); } }));
   }
   if (m.seq && !m.recalled) {
-    li.append(el('button', { type: 'button', class: 'icon more', text: '⋯',
+    li.append(el('button', { type: 'button', class: 'icon more', text: '⋯', tabindex: '-1',
       'aria-label': 'Actions for message: ' + (m.text || '').slice(0, 40), 'aria-haspopup': 'menu',
       onclick: (e) => openMenu(c, m, e.currentTarget) }));
   }
@@ -1382,6 +1413,7 @@ function init() {
     $('input').focus();
   });
   $('load-older').addEventListener('click', loadOlder);
+  $('messages').addEventListener('keydown', messageKeys);
   $('scroller').addEventListener('scroll', () => {
     if ($('scroller').scrollTop < 80) loadOlder();
   }, { passive: true });
