@@ -59,6 +59,7 @@ def test_two_people_chat(pages: Pages, server: ServerProcess) -> None:
     # Typing indicator, both in the open chat and in the list.
     bob_page.locator("#input").press_sequentially("Hi An")
     expect(ann_page.locator("#typing")).to_have_text("Bob is typing…")
+    bob_page.locator("#input").press("n")  # still typing (typing states expire after 6 s)
     expect(conv_item(ann_page, "Bob").locator(".typing-note")).to_have_text("Bob is typing…")
 
     # Bob replies to Ann's message through the message menu.
