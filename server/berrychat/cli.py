@@ -14,6 +14,7 @@ from typing import Any
 
 from . import __version__, config
 from .chat.accounts import Accounts
+from .hub.redis_broker import BrokerUnavailable
 from .protocol.codes import ChatError
 from .store import Store, StoreError, open_store
 
@@ -173,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as e:
         print(f"database error: {e}", file=sys.stderr)
         return 3
+    except BrokerUnavailable as e:
+        print(f"redis error: {e}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         return 130
 

@@ -127,21 +127,10 @@ class Metrics:
     def __init__(self) -> None:
         self._all: list[Counter | LabeledCounter | Gauge | Histogram] = []
         c, h = self.counter, self.histogram
-        self.frames_in = c("berrychat_frames_in_total", "WebSocket text frames received")
-        self.frames_out = c(
-            "berrychat_frames_out_total", "frames queued to connections (answers and pushes)"
+        self.rate_limited = LabeledCounter(
+            "berrychat_rate_limited_total", "requests refused by a rate limit, by limit", "limit"
         )
-        self.deliveries = c(
-            "berrychat_deliveries_total", "pushes queued to local connections (one per copy)"
-        )
-        self.messages = c("berrychat_messages_committed_total", "stream operations committed")
-        self.commit_batches = c("berrychat_commit_batches_total", "group-commit transactions")
-        self.slow_consumers = c(
-            "berrychat_slow_consumer_disconnects_total",
-            "connections closed with 4000 because their queue overflowed",
-        )
-        self.logins = c("berrychat_logins_total", "successful password logins")
-        self.hellos = c("berrychat_hellos_total", "authenticated WebSocket sessions")
+        self._all.append(self.rate_limited)
         self.redis_published = c(
             "berrychat_redis_published_total", "PUBLISH commands sent (batched per loop tick)"
         )

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import resource
 import signal
 from typing import Any
 
@@ -21,11 +24,25 @@ from .http.static import StaticFiles
 from .hub import Broker, Hub, InProcessBroker
 from .metrics import Metrics
 from .protocol.codes import CLOSE_AUTH, CLOSE_DISABLED
+from .protocol.http11 import Request, build_response
 from .shared import LocalState
 from .store import Store, open_store
 from .store.base import now_ms
 
 log = logging.getLogger("berrychat")
+
+
+_ERROR_CODE = re.compile(rb'"error":\{"code":"([a-z_]{1,40})"')
+
+
+def _rss() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return round(r.ru_utime + r.ru_stime, 3)
 
 
 class Server:
@@ -54,12 +71,91 @@ class Server:
         self.chat = ChatService(settings, self.store, self.hub)
         self.hub.on_members_changed = self.chat.members_changed
         self.api = HttpApi(settings, self.chat)
-        self.gateway = Gateway(settings, self.chat, self.hub, StaticFiles(self.api))
+        self._static = StaticFiles(self.api)
+        self.gateway = Gateway(settings, self.chat, self.hub, self._http)
         self.migrate = migrate
+        self._wire_metrics()
         self._server: asyncio.AbstractServer | None = None
         self._janitor: asyncio.Task | None = None
         self._auditor: asyncio.Task | None = None
         self.port = 0
+
+    def _wire_metrics(self) -> None:
+        m = self.metrics
+        gw, hub, committer = self.gateway, self.hub, self.chat.committer
+        gw.metrics = m
+        self.store.observe = m.db_latency.observe
+        committer.observe = m.send_commit.observe
+        self.chat.observe_fanout = m.e2e.observe
+        g = m.gauge
+        g("berrychat_connections", "authenticated WebSocket connections", lambda: hub.total)
+        g("berrychat_sockets", "open TCP connections (HTTP and WebSocket)", lambda: len(gw.conns))
+        g("berrychat_users_connected", "users with a connection here", lambda: len(hub.by_user))
+        g(
+            "berrychat_frames_in_total",
+            "WebSocket text frames received",
+            lambda: gw.frames_in,
+            "counter",
+        )
+        g(
+            "berrychat_frames_out_total",
+            "frames queued to connections (answers and pushes)",
+            lambda: gw.frames_out,
+            "counter",
+        )
+        g("berrychat_writes_total", "transport writes (coalesced)", lambda: gw.writes, "counter")
+        g(
+            "berrychat_deliveries_total",
+            "pushes queued to local connections (one per copy)",
+            lambda: hub.deliveries,
+            "counter",
+        )
+        g(
+            "berrychat_messages_committed_total",
+            "stream operations committed",
+            lambda: committer.ops,
+            "counter",
+        )
+        g(
+            "berrychat_commit_batches_total",
+            "group-commit transactions",
+            lambda: committer.batches,
+            "counter",
+        )
+        g(
+            "berrychat_slow_consumer_disconnects_total",
+            "connections closed with 4000 because their queue overflowed",
+            lambda: gw.slow_consumers,
+            "counter",
+        )
+        g(
+            "berrychat_protocol_errors_total",
+            "invalid frames (bad JSON, fields, WebSocket framing)",
+            lambda: gw.bad_frames + gw.protocol_errors,
+            "counter",
+        )
+        g(
+            "berrychat_queue_bytes",
+            "bytes waiting in connection queues and transports",
+            gw.queued_bytes,
+        )
+        g("berrychat_queue_bytes_max", "largest single connection backlog", gw.max_queued_bytes)
+        g("process_resident_memory_bytes", "resident set size", _rss)
+        g("process_cpu_seconds_total", "user + system CPU time", _cpu, "counter")
+
+    async def _http(self, req: Request) -> bytes:
+        if req.path == "/metrics" and req.method == "GET":
+            return build_response(
+                200,
+                self.metrics.render(),
+                content_type="text/plain; version=0.0.4; charset=utf-8",
+                keep_alive=req.keep_alive,
+            )
+        resp = await self._static(req)
+        if resp[9:10] in (b"4", b"5"):
+            m = _ERROR_CODE.search(resp, 0, 4096)
+            self.metrics.errors.inc(m.group(1).decode() if m else "http_" + resp[9:12].decode())
+        return resp
 
     async def start(self) -> None:
         await self.store.connect()

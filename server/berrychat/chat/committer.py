@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from ..store import Op, OpResult, Store, StoreError
@@ -40,6 +41,8 @@ class Committer:
         self._idle.set()
         self.batches = 0
         self.ops = 0
+        # called with send-to-commit seconds of every op that carries its arrival time
+        self.observe: Callable[[float], None] | None = None
 
     def submit(self, op: Op, cb: Callback) -> None:
         self._pending.append((op, cb))
@@ -88,6 +91,11 @@ class Committer:
                     continue
                 self.batches += 1
                 self.ops += len(ops)
+                if self.observe is not None:
+                    now = time.perf_counter()
+                    for op in ops:
+                        if op.t0:
+                            self.observe(now - op.t0)
                 for (_, cb), res in zip(batch, results, strict=True):
                     _safe(cb, res)
                 try:

@@ -105,6 +105,8 @@ class ChatService:
             delay_ms=lim.group_commit_ms,
             max_batch=lim.group_commit_max,
         )
+        # called with request-to-fan-out seconds per stream op (metrics), when set
+        self.observe_fanout: Callable[[float], None] | None = None
         self.state = LocalState()
         self.presence.state = self.state
         self.accounts.state = self.state
@@ -223,6 +225,11 @@ class ChatService:
             if r.members_changed:
                 self.peers.forget(targets)
             self.sink.publish(targets, encode({"type": "msg", **r.event}))
+        if self.observe_fanout is not None:
+            now = time.perf_counter()
+            for op in ops:
+                if op.t0:
+                    self.observe_fanout(now - op.t0)
 
     async def history(
         self, user: int, conv: int, before: int | None, after: int | None, limit: int | None

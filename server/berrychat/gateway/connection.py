@@ -69,6 +69,7 @@ class Connection(asyncio.Protocol):
         "attached",
         "inflight",
         "paused",
+        "rx_t0",
         "__weakref__",
     )
 
@@ -102,6 +103,7 @@ class Connection(asyncio.Protocol):
         self.attached = False
         self.inflight = 0
         self.paused = False
+        self.rx_t0 = 0.0
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -120,6 +122,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
+        self.rx_t0 = time.perf_counter()
         if self.state == WS:
             self._ws_data(data)
         elif self.state == HTTP:
@@ -165,6 +168,7 @@ class Connection(asyncio.Protocol):
             return
         self.out.append(data)
         self.out_bytes += len(data)
+        self.gw.frames_out += 1
         if not self.dirty:
             self.dirty = True
             self.gw.mark_dirty(self)
@@ -174,6 +178,9 @@ class Connection(asyncio.Protocol):
         self.send_bytes(encode(obj), True)
 
     def send_error(self, fid: Any, re: str | None, code: str, message: str) -> None:
+        m = self.gw.metrics
+        if m is not None:
+            m.errors.inc(code)
         self.send_obj(error(fid, re, code, message, codes.retryable(code)))
 
     def close_ws(self, code: int, reason: str, hard: bool = False) -> None:
@@ -188,6 +195,9 @@ class Connection(asyncio.Protocol):
         self.closing = True
         self.hard_close = hard
         self.closing_since = time.monotonic()
+        m = self.gw.metrics
+        if m is not None:
+            m.closes.inc(str(code))
         self._detach()
         self.out.append(encode_close(code, reason))
         if not self.dirty:

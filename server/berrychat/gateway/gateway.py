@@ -12,6 +12,7 @@ from typing import Any
 from ..chat.service import ChatService, op_ack
 from ..config import Settings
 from ..hub import Hub
+from ..metrics import Metrics
 from ..protocol import codes
 from ..protocol.codes import ChatError
 from ..protocol.frames import ack
@@ -49,6 +50,8 @@ class Gateway:
         self.protocol_errors = 0
         self.slow_consumers = 0
         self.writes = 0
+        self.frames_out = 0
+        self.metrics: Metrics | None = None
 
     def protocol_factory(self) -> Connection:
         return Connection(self)
@@ -84,6 +87,20 @@ class Gateway:
         self.writes += 1
         if c.closing and c.hard_close:
             t.close()
+
+    def queued_bytes(self) -> int:
+        n = 0
+        for c in self.conns:
+            t = c.transport
+            n += c.out_bytes + (t.get_write_buffer_size() if t is not None else 0)
+        return n
+
+    def max_queued_bytes(self) -> int:
+        m = 0
+        for c in self.conns:
+            t = c.transport
+            m = max(m, c.out_bytes + (t.get_write_buffer_size() if t is not None else 0))
+        return m
 
     # ---- presence hooks ------------------------------------------------------------------
     def user_gone(self, user_id: int) -> None:
@@ -176,6 +193,7 @@ class Gateway:
         uid = conn.user_id
         if ftype.startswith("msg.") or ftype in _STREAM_OPS:
             op = _to_op(ftype, uid, f)
+            op.t0 = conn.rx_t0
             conn.begin_request()
             self.chat.submit(op, _acker(conn, fid, ftype))
             return

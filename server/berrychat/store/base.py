@@ -82,6 +82,7 @@ class Op:
     role: str | None = None
     emoji: str | None = None
     remove: bool = False
+    t0: float = 0.0  # time.perf_counter() when the request arrived (metrics)
 
 
 @dataclass(slots=True)
@@ -147,6 +148,8 @@ class Store(ABC):
     """Storage interface used by the chat layer. All methods are coroutines."""
 
     dialect: Dialect
+    # called with the duration of every transaction in seconds (metrics), when set
+    observe: Callable[[float], None] | None = None
 
     # ---- backend hooks -------------------------------------------------------------------
     @abstractmethod

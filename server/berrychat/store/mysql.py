@@ -7,6 +7,7 @@ rows inside the append transaction, so several processes can write safely.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -71,6 +72,7 @@ class MysqlStore(Store):
         if self._pool is None:
             raise StoreError("store is closed")
         for attempt in range(5):
+            t0 = time.perf_counter()
             try:
                 return await self._run_once(fn, args)
             except pymysql.err.IntegrityError as e:
@@ -82,6 +84,9 @@ class MysqlStore(Store):
                 raise StoreError(str(e))
             except (TimeoutError, pymysql.err.MySQLError, OSError) as e:
                 raise StoreError(str(e) or type(e).__name__)
+            finally:
+                if self.observe is not None:
+                    self.observe(time.perf_counter() - t0)
         raise StoreError("too many deadlocks")  # pragma: no cover
 
     async def _run_once(self, fn: Callable[..., Tx[T]], args: tuple) -> T:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -102,12 +103,16 @@ class SqliteStore(Store):
         ex, conn = (self._w, self._wconn) if write else (self._r, self._rconn)
         gen = fn(self.dialect, *args)
         begin = "BEGIN IMMEDIATE" if write else "BEGIN"
+        t0 = time.perf_counter()
         try:
             return await asyncio.get_running_loop().run_in_executor(ex, _drive, conn, gen, begin)
         except sqlite3.IntegrityError as e:
             raise Conflict(str(e))
         except sqlite3.Error as e:
             raise StoreError(str(e))
+        finally:
+            if self.observe is not None:
+                self.observe(time.perf_counter() - t0)
 
     async def execute_script(self, statements: list[str]) -> None:
         def tx(d: Dialect) -> Tx[None]:
