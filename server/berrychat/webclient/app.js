@@ -377,6 +377,14 @@ function applySummary(s) {
 // Pull everything after `high` until the conversation is complete (also fills holes).
 async function fill(c) {
   if (c.filling || !c.loaded) return;
+  if (c.last_seq - c.high > 1000) {
+    // Far behind: paging forwards is pointless; show the newest page, scroll back from there.
+    c.loaded = false;
+    c.msgs.clear();
+    if (S.current === c.id) await loadNewest(c);
+    if (c.loaded && c.last_seq - c.high <= 1000) await fill(c);
+    return;
+  }
   c.filling = true;
   try {
     for (let round = 0; round < 20 && c.loaded && c.high < c.last_seq; round++) {
@@ -385,12 +393,6 @@ async function fill(c) {
       for (const m of msgs) applyEvent(m, true);
       if (!msgs.length) break;
       if (!r.more && c.high < c.last_seq && c.high >= msgs[msgs.length - 1].seq) break;
-    }
-    if (c.loaded && c.high < c.last_seq - 20 * FILL_PAGE) {
-      // Too far behind to page forwards: start again from the newest page.
-      c.loaded = false;
-      c.msgs.clear();
-      if (S.current === c.id) openConv(c.id, { keepFocus: true });
     }
   } catch (e) {
     if (e.code !== 'disconnected') console.warn('BerryChat: history failed', e);
