@@ -83,6 +83,19 @@ class LimitsSettings:
     group_commit_max: int = opt(256, 1, 100_000)
     receipts_fanout_max_members: int = opt(100, 0, 100_000)
     http_max_body_bytes: int = opt(1 << 20, 1024, 1 << 30)
+    # Rate limits (fixed windows; 0 = off). Counted across processes in Redis when enabled.
+    messages_per_user: int = opt(300, 0, 10_000_000)  # stream operations per window
+    messages_per_ip: int = opt(3000, 0, 10_000_000)
+    message_window_seconds: float = opt(10.0, 1, 86400)
+    logins_per_user: int = opt(10, 0, 10_000_000)  # login attempts per user name per window
+    logins_per_ip: int = opt(60, 0, 10_000_000)
+    login_window_seconds: float = opt(60.0, 1, 86400)
+    registrations_per_ip: int = opt(10, 0, 10_000_000)
+    registration_window_seconds: float = opt(3600.0, 1, 86400 * 7)
+    # Take the client address from X-Forwarded-For (last hop) / X-Real-IP when the peer is a
+    # loopback address (Nginx on the same Pi) or is listed in `trusted_proxies`.
+    trust_forwarded_for: bool = True
+    trusted_proxies: str = ""  # comma-separated addresses of other proxies (e.g. the LB Pi)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ await server.stop()           # drain: close WebSockets with 1001, finish commit
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -23,7 +24,7 @@ from .http import HttpApi
 from .http.static import StaticFiles
 from .hub import Broker, Hub, InProcessBroker
 from .metrics import Metrics
-from .protocol.codes import CLOSE_AUTH, CLOSE_DISABLED
+from .protocol.codes import CLOSE_AUTH, CLOSE_DISABLED, ChatError
 from .protocol.http11 import Request, build_response
 from .shared import LocalState
 from .store import Store, open_store
@@ -86,6 +87,7 @@ class Server:
         gw.metrics = m
         self.store.observe = m.db_latency.observe
         committer.observe = m.send_commit.observe
+        self.chat.rates.metrics = m
         self.chat.observe_fanout = m.e2e.observe
         g = m.gauge
         g("berrychat_connections", "authenticated WebSocket connections", lambda: hub.total)
@@ -144,6 +146,25 @@ class Server:
         g("process_cpu_seconds_total", "user + system CPU time", _cpu, "counter")
 
     async def _http(self, req: Request) -> bytes:
+        if req.method == "POST" and req.path in ("/api/v1/login", "/api/v1/register"):
+            rates = self.chat.rates
+            ip = rates.client_ip(req, str(req.extra.get("peer", "")))
+            try:
+                if req.path == "/api/v1/login":
+                    try:
+                        body = req.json()
+                        name = body.get("username") if isinstance(body, dict) else None
+                    except Exception:
+                        name = None
+                    await rates.login(
+                        name.strip().lower()[:64] if isinstance(name, str) else "", ip
+                    )
+                else:
+                    await rates.registration(ip)
+            except ChatError as e:
+                self.metrics.errors.inc(e.code)
+                err = {"error": {"code": e.code, "message": e.message, "retryable": True}}
+                return build_response(429, json.dumps(err).encode(), keep_alive=req.keep_alive)
         if req.path == "/metrics" and req.method == "GET":
             return build_response(
                 200,

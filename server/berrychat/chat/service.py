@@ -15,6 +15,7 @@ from typing import Any
 from ..config import Settings
 from ..protocol.codes import ChatError
 from ..protocol.frames import encode
+from ..ratelimit import RateLimits
 from ..shared import LocalState
 from ..store import Op, OpResult, Store, StoreError
 from .accounts import Accounts, normalize_username
@@ -110,6 +111,7 @@ class ChatService:
         self.state = LocalState()
         self.presence.state = self.state
         self.accounts.state = self.state
+        self.rates = RateLimits(settings.limits, self.state, None)
         self._typing_last: dict[tuple[int, int], tuple[bool, float]] = {}
 
     def use_state(self, state: LocalState) -> None:
@@ -117,6 +119,7 @@ class ChatService:
         self.state = state
         self.presence.state = state
         self.accounts.state = state
+        self.rates.state = state
 
     # ---- conversations -------------------------------------------------------------------
     async def create_conversation(

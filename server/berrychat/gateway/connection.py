@@ -70,6 +70,7 @@ class Connection(asyncio.Protocol):
         "inflight",
         "paused",
         "rx_t0",
+        "counted",
         "__weakref__",
     )
 
@@ -104,6 +105,7 @@ class Connection(asyncio.Protocol):
         self.inflight = 0
         self.paused = False
         self.rx_t0 = 0.0
+        self.counted = False
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -212,6 +214,9 @@ class Connection(asyncio.Protocol):
             self.attached = False
             if self.gw.hub.detach(self):
                 self.gw.user_gone(self.user_id)
+        if self.counted:
+            self.counted = False
+            self.gw.uncount(self.user_id)
 
     # ---- HTTP ----------------------------------------------------------------------------
     def _http_data(self, data: bytes) -> None:
@@ -296,6 +301,7 @@ class Connection(asyncio.Protocol):
             self._http_fail(503, "server is draining; reconnect elsewhere")
             return
         assert key is not None and self.http is not None
+        self.peer = self.gw.chat.rates.client_ip(req, self.peer)
         rest = self.http.buffered
         self.http = None
         self.http_queue = None
@@ -422,6 +428,20 @@ class Connection(asyncio.Protocol):
                 self.close_ws(codes.CLOSE_TOO_MANY, "too many connections")
                 return
             self.attached = True
+            state = gw.chat.state
+            if state.shared:  # the per-user cap counts every process
+                try:
+                    n = await state.conn_add(self.user_id, 1)
+                except Exception as e:
+                    log.warning("connection count not shared: %s", e)
+                    n = 0
+                else:
+                    self.counted = True
+                if n > gw.hub.max_per_user or self.closing or self.state != WS:
+                    self._detach()
+                    self.send_error(fid, "hello", "rate_limited", "too many connections")
+                    self.close_ws(codes.CLOSE_TOO_MANY, "too many connections")
+                    return
             self.authed = True
             lim = gw.settings.limits
             hb = gw.settings.heartbeat

@@ -102,6 +102,17 @@ class Gateway:
             m = max(m, c.out_bytes + (t.get_write_buffer_size() if t is not None else 0))
         return m
 
+    def uncount(self, user_id: int) -> None:
+        """A connection counted in the shared per-user connection count closed."""
+
+        async def go() -> None:
+            try:
+                await self.chat.state.conn_add(user_id, -1)
+            except Exception as e:
+                log.warning("connection count not shared: %s", e)
+
+        asyncio.get_running_loop().create_task(go())
+
     # ---- presence hooks ------------------------------------------------------------------
     def user_gone(self, user_id: int) -> None:
         """Last connection of a user on this process closed."""
@@ -192,6 +203,10 @@ class Gateway:
     def dispatch(self, conn: Connection, ftype: str, fid: Any, f: dict[str, Any]) -> None:
         uid = conn.user_id
         if ftype.startswith("msg.") or ftype in _STREAM_OPS:
+            err = self.chat.rates.message(uid, conn.peer)
+            if err is not None:
+                conn.send_error(fid, ftype, err.code, err.message)
+                return
             op = _to_op(ftype, uid, f)
             op.t0 = conn.rx_t0
             conn.begin_request()
