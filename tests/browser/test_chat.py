@@ -34,6 +34,24 @@ def test_two_people_chat(pages: Pages, server: ServerProcess) -> None:
     ann = register(ann_page, server, "ann", "Ann")
     bob = register(bob_page, server, "bob", "Bob")
 
+    # A third person puts both in a group (through the HTTP API, like a bot would).
+    cy, cy_token = server.make_user("cy")
+    group = server.api(
+        "POST",
+        "/api/v1/conversations",
+        {"kind": "group", "members": [ann, bob], "title": "Pi club 🥧"},
+        token=cy_token,
+    )["conv"]
+    server.api(
+        "POST",
+        f"/api/v1/conversations/{group}/messages",
+        {"cid": "g1", "text": "Soldering at six in the lab 🔧"},
+        token=cy_token,
+    )
+    expect(conv_item(bob_page, "Pi club").locator(".conv-last")).to_have_text(
+        f"{cy}: Soldering at six in the lab 🔧"
+    )
+
     # Ann starts a 1:1 chat and writes; Bob sees it in his list: unread count, last message,
     # Ann's presence.
     start_direct(ann_page, bob, "Bob")

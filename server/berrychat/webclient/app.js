@@ -343,6 +343,10 @@ async function resync() {
     while (probes.length) await probeUnread(probes.shift());
   }));
   renderList();
+  const unnamed = [...S.convs.values()].filter(needNames).slice(0, 50);
+  await Promise.all([0, 1, 2, 3].map(async () => {
+    while (unnamed.length) await loadMembers(unnamed.shift());
+  }));
   for (const s of changed) {
     const c = S.convs.get(s.conv);
     if (c && c.last_seq > c.delivered_seq) receiptSoon(c, 'delivered');
@@ -433,6 +437,7 @@ function onMsgPush(ev) {
       .filter((id) => id !== c.id).map((id) => [id, S.convs.get(id).last_seq])) })
       .then((r) => {
         for (const s of r.changed || []) if (s && s.conv === c.id) applySummary(s);
+        if (c.kind === 'group' && !c.members) loadMembers(c);
         renderList();
         refreshPresence();
       }, () => {});
@@ -441,6 +446,7 @@ function onMsgPush(ev) {
   if (c.loaded && c.high < c.last_seq) fill(c);
   if (S.current === c.id) markReadSoon(c);
   if (ev.kind === 'text' && isInt(ev.from)) stopTypingOf(c.id, ev.from);
+  if (known && needNames(c)) loadMembers(c);
   renderList();
 }
 
@@ -779,7 +785,8 @@ async function openConv(id, { keepFocus = false } = {}) {
 }
 
 async function loadMembers(c) {
-  if (!S.sock || S.sock.state !== 'online') return;
+  if (!S.sock || S.sock.state !== 'online' || c.membersLoading) return;
+  c.membersLoading = true;
   try {
     const r = await S.sock.request('conv.get', { conv: c.id });
     const d = r.conversation;
@@ -800,7 +807,13 @@ async function loadMembers(c) {
     renderList();
   } catch (e) {
     if (e.code !== 'disconnected') console.warn('BerryChat: conv.get failed', e);
+  } finally {
+    c.membersLoading = false;
   }
+}
+// Names for the list: a group whose last sender we cannot name yet gets its member list.
+function needNames(c) {
+  return c.kind === 'group' && !c.members && c.last_message && !S.users.has(c.last_message.from);
 }
 
 async function loadNewest(c) {
