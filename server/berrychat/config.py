@@ -58,6 +58,11 @@ class DatabaseSettings:
     sqlite_synchronous: str = opt("FULL", choices=("FULL", "NORMAL"))
     pool_size: int = opt(8, 1, 200)
     connect_timeout: float = opt(5.0, 0.1, 300)
+    # mysql with replicas: a user's reads go to the primary for this long after their own write
+    # (at least the measured replica lag + 0.5 s), so that writers read their writes
+    read_your_writes_seconds: float = opt(2.0, 0, 3600)
+    # replicas further behind than this (heartbeat) are not used; reads go to the primary
+    max_replica_lag_seconds: float = opt(5.0, 0.1, 3600)
 
     @property
     def name(self) -> str:
@@ -148,6 +153,11 @@ class RedisSettings:
 class ReplicaSettings:
     host: str = "localhost"
     port: int = opt(3306, 1, 65535)
+    # empty: the same as the primary's (database.database / .user / .password)
+    database: str = ""
+    user: str = ""
+    password: str = ""
+    unix_socket: str = ""
 
 
 @dataclass(frozen=True)
@@ -313,4 +323,7 @@ def redacted(s: Settings) -> dict[str, Any]:
     for sec in ("database", "redis"):
         if d[sec].get("password"):
             d[sec]["password"] = "***"
+    for r in d["replicas"]:
+        if r.get("password"):
+            r["password"] = "***"
     return d

@@ -57,7 +57,7 @@ class Server:
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.store = store or open_store(settings.database)
+        self.store = store or open_store(settings.database, settings.replicas)
         if broker is None and settings.redis.enabled:
             from .hub.redis_broker import RedisBroker
 
@@ -142,6 +142,27 @@ class Server:
             gw.queued_bytes,
         )
         g("berrychat_queue_bytes_max", "largest single connection backlog", gw.max_queued_bytes)
+        reads = getattr(self.store, "reads", None)
+        if reads is not None:
+            g(
+                "berrychat_db_replica_reads_total",
+                "replica-eligible reads served by a replica",
+                lambda: reads["replica"],
+                "counter",
+            )
+            g(
+                "berrychat_db_primary_reads_total",
+                "replica-eligible reads served by the primary (read-your-writes, lag, none)",
+                lambda: reads["primary"],
+                "counter",
+            )
+            g(
+                "berrychat_replica_lag_seconds",
+                "the largest measured replica lag (-1: no replica reachable)",
+                lambda: max(
+                    (r.lag for r in self.store.replicas if r.lag != float("inf")), default=-1
+                ),
+            )
         g("process_resident_memory_bytes", "resident set size", _rss)
         g("process_cpu_seconds_total", "user + system CPU time", _cpu, "counter")
 

@@ -159,9 +159,16 @@ class Store(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    async def run(self, fn: Callable[..., Tx[T]], *args: Any, write: bool = True) -> T:
+    async def run(
+        self, fn: Callable[..., Tx[T]], *args: Any, write: bool = True, reader: int | None = None
+    ) -> T:
         """Run a generator transaction; raises Conflict on unique-key violations, StoreError
-        when the database is unavailable."""
+        when the database is unavailable. `reader`: a read on behalf of this user that may be
+        served by a replica (history, conversation list, sync) unless read-your-writes needs
+        the primary."""
+
+    def wrote(self, user: int) -> None:  # noqa: B027 - optional hook
+        """`user` just wrote (read-your-writes bookkeeping for replicas)."""
 
     @abstractmethod
     async def execute_script(self, statements: list[str]) -> None:
@@ -481,6 +488,8 @@ class Store(ABC):
             )
             return cid, False, event_from_row(row)
 
+        for u in everyone:
+            self.wrote(u)  # every member's next conversation list must show it
         try:
             return await self.run(tx)
         except Conflict:
@@ -547,7 +556,7 @@ class Store(ABC):
             )
             return c, ms
 
-        r = await self.run(tx, write=False)
+        r = await self.run(tx, write=False, reader=user)
         if r is None:
             return None
         c, ms = r
@@ -629,7 +638,7 @@ class Store(ABC):
                     by_id[p[0]]["peer"] = {"id": p[1], "username": p[2], "display_name": p[3]}
             return out
 
-        return await self.run(tx, write=False)
+        return await self.run(tx, write=False, reader=user)
 
     # ---- the message stream --------------------------------------------------------------
     async def history(
@@ -674,7 +683,7 @@ class Store(ABC):
                     reactions.setdefault(seq, {}).setdefault(emoji, []).append(uid)
             return [history_item(r, reactions.get(r[1])) for r in rows], more
 
-        return await self.run(tx, write=False)
+        return await self.run(tx, write=False, reader=user)
 
     async def update_cursor(
         self, conv: int, user: int, kind: str, seq: int
@@ -711,6 +720,7 @@ class Store(ABC):
             return read, delivered
 
         del col
+        self.wrote(user)
         return await self.run(tx)
 
     async def apply_ops(self, ops: Sequence[Op], limits: dict[str, int]) -> list[OpResult]:
@@ -718,7 +728,10 @@ class Store(ABC):
 
         Each op gets its own result: an error code, or the appended event (with its new seq),
         or `dup=True` with the original event when (conv, actor, cid) was seen before."""
-        return await self.run(_apply_ops_tx, list(ops), limits)
+        res = await self.run(_apply_ops_tx, list(ops), limits)
+        for op in ops:
+            self.wrote(op.actor)
+        return res
 
 
 def _apply_ops_tx(d: Dialect, ops: list[Op], limits: dict[str, int]) -> Tx[list[OpResult]]:

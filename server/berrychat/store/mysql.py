@@ -2,22 +2,35 @@
 
 Seq assignment is serialised per conversation by `SELECT ... FOR UPDATE` on the conversation
 rows inside the append transaction, so several processes can write safely.
+
+Read/write split: writes and most reads go to the primary; reads marked with a `reader` user
+(history, conversation list, sync) go to a replica unless
+- that user wrote within `read_your_writes_seconds` (or within the replica's measured lag plus
+  0.5 s, if longer): read-your-writes for the writer;
+- no replica is healthy: each process writes a heartbeat row (`berrychat_heartbeat`, its own
+  row, every 0.5 s) on the primary and reads it back from every replica; a replica whose copy is
+  older than `max_replica_lag_seconds` (or unreachable) is skipped until it catches up.
+Membership, sessions and everything the message path depends on always read the primary.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import aiomysql
 import pymysql
 
-from ..config import DatabaseSettings
-from .base import Conflict, Dialect, Q, Store, StoreError, Tx
+from ..config import DatabaseSettings, ReplicaSettings
+from .base import Conflict, Dialect, Q, Store, StoreError, Tx, now_ms
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _DEADLOCK = (1213, 1205)  # deadlock, lock wait timeout
 _sql_cache: dict[str, str] = {}
@@ -35,42 +48,140 @@ def _convert(sql: str) -> str:
 class MysqlStore(Store):
     dialect = Dialect("mysql")
 
-    def __init__(self, db: DatabaseSettings) -> None:
+    def __init__(self, db: DatabaseSettings, replicas: Sequence[ReplicaSettings] = ()) -> None:
         self.settings = db
+        self.replica_settings = tuple(replicas)
         self._pool: aiomysql.Pool | None = None
+        self.replicas: list[Replica] = []
+        self._rr = 0
+        self._last_write: dict[int, float] = {}
+        self._beat: asyncio.Task | None = None
+        self.process_key = os.urandom(6).hex()
+        self.reads = {"primary": 0, "replica": 0}
+        self.max_lag = db.max_replica_lag_seconds
 
-    async def connect(self) -> None:
-        db = self.settings
+    def _pool_kw(
+        self, host: str, port: int, socket: str, user: str, password: str, name: str, size: int
+    ) -> dict[str, Any]:
         kw: dict[str, Any] = dict(
-            user=db.user,
-            password=db.password,
-            db=db.name,
+            user=user,
+            password=password,
+            db=name,
             autocommit=False,
             charset="utf8mb4",
             minsize=1,
-            maxsize=db.pool_size,
-            connect_timeout=db.connect_timeout,
+            maxsize=size,
+            connect_timeout=self.settings.connect_timeout,
             pool_recycle=3600,
         )
-        if db.unix_socket:
-            kw["unix_socket"] = db.unix_socket
+        if socket:
+            kw["unix_socket"] = socket
         else:
-            kw["host"] = db.host
-            kw["port"] = db.port
+            kw["host"] = host
+            kw["port"] = port
+        return kw
+
+    async def connect(self) -> None:
+        db = self.settings
+        kw = self._pool_kw(
+            db.host, db.port, db.unix_socket, db.user, db.password, db.name, db.pool_size
+        )
         try:
             self._pool = await aiomysql.create_pool(**kw)
         except (pymysql.err.MySQLError, OSError) as e:
             raise StoreError(f"cannot connect to MariaDB at {db.host}:{db.port}: {e}")
+        for r in self.replica_settings:
+            rkw = self._pool_kw(
+                r.host,
+                r.port,
+                r.unix_socket,
+                r.user or db.user,
+                r.password or db.password,
+                r.database or db.name,
+                db.pool_size,
+            )
+            self.replicas.append(Replica(f"{r.host}:{r.port}/{r.database or db.name}", rkw))
+        if self.replicas:
+            self._beat = asyncio.get_running_loop().create_task(self._heartbeat())
 
     async def close(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+            try:
+                await self._beat
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._beat = None
+        for rep in self.replicas:
+            await rep.close()
+        self.replicas = []
         if self._pool is not None:
             self._pool.close()
             await self._pool.wait_closed()
             self._pool = None
 
-    async def run(self, fn: Callable[..., Tx[T]], *args: Any, write: bool = True) -> T:
+    # ---- read/write split ----------------------------------------------------------------
+    def wrote(self, user: int) -> None:
+        if self.replicas:
+            self._last_write[user] = time.monotonic()
+            if len(self._last_write) > 200_000:
+                cut = time.monotonic() - self._ryw_window()
+                self._last_write = {u: t for u, t in self._last_write.items() if t > cut}
+
+    def _ryw_window(self) -> float:
+        lag = max((r.lag for r in self.replicas if r.healthy), default=0.0)
+        return max(self.settings.read_your_writes_seconds, lag + 0.5)
+
+    def _pick(self, reader: int) -> Replica | None:
+        t = self._last_write.get(reader)
+        if t is not None and time.monotonic() - t < self._ryw_window():
+            return None
+        healthy = [r for r in self.replicas if r.healthy and r.pool is not None]
+        if not healthy:
+            return None
+        self._rr += 1
+        return healthy[self._rr % len(healthy)]
+
+    async def _heartbeat(self) -> None:
+        """Write this process's heartbeat on the primary; measure each replica's lag from it."""
+        key = self.process_key
+        created = False
+        while True:
+            try:
+                if not created:
+                    await self.execute_script(
+                        [
+                            "CREATE TABLE IF NOT EXISTS berrychat_heartbeat (id VARCHAR(32) "
+                            "PRIMARY KEY, ts BIGINT NOT NULL) ENGINE=InnoDB"
+                        ]
+                    )
+                    created = True
+
+                def beat(d: Dialect, ts: int) -> Tx[None]:
+                    yield Q("REPLACE INTO berrychat_heartbeat (id, ts) VALUES (?, ?)", (key, ts))
+
+                await self.run(beat, now_ms())
+            except Exception as e:
+                log.warning("replica heartbeat write failed: %s", e)
+            for rep in self.replicas:
+                await rep.probe(key, self.max_lag)
+            await asyncio.sleep(0.5)
+
+    async def run(
+        self, fn: Callable[..., Tx[T]], *args: Any, write: bool = True, reader: int | None = None
+    ) -> T:
         if self._pool is None:
             raise StoreError("store is closed")
+        if not write and reader is not None and self.replicas:
+            rep = self._pick(reader)
+            if rep is not None:
+                try:
+                    res = await self._run_on(rep.pool, fn, args)
+                    self.reads["replica"] += 1
+                    return res
+                except (TimeoutError, pymysql.err.MySQLError, OSError) as e:
+                    rep.fail(e)  # fall back to the primary
+            self.reads["primary"] += 1
         for attempt in range(5):
             t0 = time.perf_counter()
             try:
@@ -89,9 +200,18 @@ class MysqlStore(Store):
                     self.observe(time.perf_counter() - t0)
         raise StoreError("too many deadlocks")  # pragma: no cover
 
-    async def _run_once(self, fn: Callable[..., Tx[T]], args: tuple) -> T:
-        assert self._pool is not None
-        async with self._pool.acquire() as conn:
+    async def _run_on(self, pool: Any, fn: Callable[..., Tx[T]], args: tuple) -> T:
+        t0 = time.perf_counter()
+        try:
+            return await self._run_once(fn, args, pool)
+        finally:
+            if self.observe is not None:
+                self.observe(time.perf_counter() - t0)
+
+    async def _run_once(self, fn: Callable[..., Tx[T]], args: tuple, pool: Any = None) -> T:
+        pool = pool or self._pool
+        assert pool is not None
+        async with pool.acquire() as conn:
             gen = fn(self.dialect, *args)
             try:
                 async with conn.cursor() as cur:
@@ -142,3 +262,60 @@ class MysqlStore(Store):
             return (yield Q("EXPLAIN " + sql, params, "all"))
 
         return await self.run(tx, write=False)
+
+
+class Replica:
+    """One read replica: its pool (opened lazily, reopened after failures) and measured lag."""
+
+    def __init__(self, name: str, kw: dict[str, Any]) -> None:
+        self.name = name
+        self.kw = kw
+        self.pool: aiomysql.Pool | None = None
+        self.lag = float("inf")
+        self.healthy = False
+        self._retry_at = 0.0
+
+    async def probe(self, key: str, max_lag: float) -> None:
+        now = time.monotonic()
+        if self.pool is None:
+            if now < self._retry_at:
+                return
+            try:
+                self.pool = await aiomysql.create_pool(**self.kw)
+            except (pymysql.err.MySQLError, OSError) as e:
+                self.fail(e)
+                return
+        try:
+            async with self.pool.acquire() as conn:
+                async with conn.cursor() as cur:
+                    await cur.execute("SELECT ts FROM berrychat_heartbeat WHERE id=%s", (key,))
+                    row = await cur.fetchone()
+                await conn.rollback()  # do not keep a snapshot open
+        except (TimeoutError, pymysql.err.MySQLError, OSError) as e:
+            self.fail(e)
+            return
+        self.lag = float("inf") if row is None else max(0.0, (now_ms() - row[0]) / 1000.0)
+        was = self.healthy
+        self.healthy = self.lag <= max_lag
+        if was != self.healthy:
+            log.warning(
+                "replica %s %s (lag %.1fs)",
+                self.name,
+                "in use" if self.healthy else "skipped",
+                self.lag,
+            )
+
+    def fail(self, e: Exception) -> None:
+        if self.healthy:
+            log.warning("replica %s failed, reads go to the primary: %s", self.name, e)
+        self.healthy = False
+        self._retry_at = time.monotonic() + 2.0
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.close()
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            await self.pool.wait_closed()
+            self.pool = None

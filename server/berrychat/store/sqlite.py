@@ -97,7 +97,9 @@ class SqliteStore(Store):
         self._w = self._r = None
         self._wconn = self._rconn = None
 
-    async def run(self, fn: Callable[..., Tx[T]], *args: Any, write: bool = True) -> T:
+    async def run(
+        self, fn: Callable[..., Tx[T]], *args: Any, write: bool = True, reader: int | None = None
+    ) -> T:
         if self._w is None or self._r is None:
             raise StoreError("store is closed")
         ex, conn = (self._w, self._wconn) if write else (self._r, self._rconn)
