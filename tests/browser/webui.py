@@ -54,6 +54,14 @@ class ServerProcess:
                     # Cheap hashes for tests (same keys as production, see docs/server.md).
                     "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 64},
                     "presence": {"throttle_seconds": 0.2},
+                    # Every test user comes from 127.0.0.1: no per-IP/per-user rate limits.
+                    "limits": {
+                        "registrations_per_ip": 0,
+                        "logins_per_ip": 0,
+                        "logins_per_user": 0,
+                        "messages_per_ip": 0,
+                        "messages_per_user": 0,
+                    },
                 }
             )
         )
