@@ -13,7 +13,7 @@ PACKAGES=(
   python3-venv git make curl ca-certificates
 )
 if [[ "${WITH_BROWSER:-1}" == 1 ]]; then
-  PACKAGES+=(chromium chromium-driver)
+  PACKAGES+=(chromium chromium-driver fonts-noto-color-emoji)
 fi
 
 missing=()
