@@ -43,6 +43,13 @@ async def _with_store(settings: config.Settings, fn: Callable[[Store], Awaitable
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    try:  # one descriptor per connection: use the hard limit
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, OSError, ValueError):
+        pass
     if args.host:
         settings = settings.replace(server={"host": args.host})
     if args.port is not None:
@@ -157,11 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
             x.add_argument("--admin", action="store_true", help="give the admin role")
             x.add_argument("--display-name")
     u.set_defaults(fn=cmd_user)
+
+    from .bench import add_parser
+
+    add_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
