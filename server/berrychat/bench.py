@@ -244,6 +244,13 @@ class Cpu:
         }
 
 
+def _per_cpu(rate: float, res: dict[str, Any]) -> int | None:
+    """Throughput per second of server CPU: what one whole core would carry if the server
+    were CPU-bound (on a loaded host the server gets only part of its core)."""
+    pct = res.get("server_cpu_pct")
+    return round(rate * 100 / pct) if pct else None
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -448,6 +455,7 @@ async def scenario_fanout(
         got = sum(m.msgs for m in members)
         res = cpu.done()
         lost = n * expect - got
+        res["deliveries_per_server_cpu_s"] = _per_cpu(got / seconds, res)
         rows.append(
             {
                 "rate_msgs_per_s": rate,
@@ -497,6 +505,7 @@ async def scenario_direct(
             tasks.append(sender(conns[2 * p], conv, len(tasks)))
     await asyncio.wait_for(asyncio.gather(*tasks), seconds + 60)
     res = cpu.done()
+    res["msgs_per_server_cpu_s"] = _per_cpu(done / res["wall_s"], res)
     await asyncio.sleep(SETTLE[0])
     pushes = sum(c.msgs for c in conns)
     for c in conns:
@@ -620,6 +629,7 @@ async def bench_main(args: argparse.Namespace) -> int:
             "loadavg_before": os.getloadavg(),
             "python": platform.python_version(),
             "machine": platform.machine(),
+            "uvloop": _has_uvloop(),
         },
         "pinned": pin,
         "presence": cfg["presence"]["enabled"],
@@ -667,6 +677,14 @@ async def bench_main(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults: {path}\ncommand: {results['command']}")
     return 0
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _results_dir() -> Path:
