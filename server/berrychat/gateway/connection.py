@@ -428,6 +428,10 @@ class Connection(asyncio.Protocol):
                 self.close_ws(codes.CLOSE_TOO_MANY, "too many connections")
                 return
             self.attached = True
+            if first:
+                await gw.hub.broker.wait_routed(self.user_id)
+                if self.closing or self.state != WS:
+                    return  # closed meanwhile (already detached)
             state = gw.chat.state
             if state.shared:  # the per-user cap counts every process
                 try:

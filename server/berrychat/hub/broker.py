@@ -45,6 +45,10 @@ class Broker(ABC):
     def local_user_removed(self, user_id: int) -> None:  # noqa: B027 - optional hook
         """Last connection of this user on this process closed."""
 
+    async def wait_routed(self, user_id: int) -> None:  # noqa: B027 - optional hook
+        """Return once deliveries for this (just attached) user reach this process, so that a
+        client's first sync after hello cannot miss a push published in between."""
+
 
 class InProcessBroker(Broker):
     """The embedded default: one process, delivery is a direct call."""

@@ -85,6 +85,7 @@ class RedisBroker(Broker):
         self._subscribed: set[int] = set()
         self._sub_task: asyncio.Task | None = None
         self._sub_dirty = False
+        self._sub_waiters: list[asyncio.Future[None]] = []
         self._closed = False
         self._last_err = 0.0
         # counters (also in metrics when given)
@@ -271,6 +272,7 @@ class RedisBroker(Broker):
                     if add:
                         await self._pubsub.subscribe(*(self.shard_channels[i] for i in add))
                         self._subscribed |= add
+                        self._wake()
                     if drop:
                         await self._pubsub.unsubscribe(*(self.shard_channels[i] for i in drop))
                         self._subscribed -= drop
@@ -282,6 +284,26 @@ class RedisBroker(Broker):
                     self._sub_dirty = True
         finally:
             self._sub_task = None
+            self._wake()
+
+    async def wait_routed(self, user_id: int) -> None:
+        s = user_id % self.shards
+        end = time.monotonic() + 2.0  # bounded: a broken Redis must not hold hellos
+        while s not in self._subscribed and self._refs[s] > 0 and not self._closed:
+            if time.monotonic() > end:
+                return
+            fut = asyncio.get_running_loop().create_future()
+            self._sub_waiters.append(fut)
+            try:
+                await asyncio.wait_for(fut, max(0.01, end - time.monotonic()))
+            except TimeoutError:
+                return
+
+    def _wake(self) -> None:
+        waiters, self._sub_waiters = self._sub_waiters, []
+        for f in waiters:
+            if not f.done():
+                f.set_result(None)
 
     def subscribed_shards(self) -> set[int]:
         return set(self._subscribed)
