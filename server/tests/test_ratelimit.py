@@ -118,8 +118,9 @@ async def test_limits_are_shared_through_redis(sqlite_db, redis_server):
                     assert e.code == "rate_limited"
                     refused += 1
             await asyncio.sleep(0.02)  # let the per-tick Redis sums land
-        # 12 attempts against a shared limit of 6 (one tick of slack per process)
-        assert 6 <= ok <= 8 and refused == 12 - ok
+        # 12 attempts against a shared limit of 6: unshared counting would accept all 12;
+        # shared counting accepts 6 plus at most a little slack per process (per-tick sums)
+        assert 6 <= ok <= 10 and refused == 12 - ok
     finally:
         await w1.close()
         await w2.close()
