@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import logging
@@ -97,12 +98,38 @@ def _password(args: argparse.Namespace) -> str:
     return pw
 
 
+@contextlib.asynccontextmanager
+async def _redis_sink(settings: config.Settings) -> Any:
+    """The control channel and shared state of the running servers, for CLI revocations."""
+    from .hub.hub import Hub
+    from .hub.redis_broker import RedisBroker
+    from .shared import RedisState
+
+    broker = RedisBroker(settings.redis)
+    hub = Hub(broker, max_per_user=1, max_total=0)  # no connections: only sends control
+    await broker.start(hub)
+    assert broker.redis is not None
+    state = RedisState(broker.redis, settings.redis.prefix, broker.process_id, None)
+    try:
+        yield hub, state
+    finally:
+        await broker.close()  # flushes the pending control messages
+
+
 def cmd_user(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     async def go(store: Store) -> str:
         await store.migrate()
-        acc = Accounts(settings.auth, store)
+        if settings.redis.enabled and args.action in ("disable", "reset-password"):
+            # running servers close the user's connections at once and refuse the tokens
+            async with _redis_sink(settings) as (sink, state):
+                acc = Accounts(settings.auth, store, sink)
+                acc.state = state
+                return await act(acc)
+        return await act(Accounts(settings.auth, store))
+
+    async def act(acc: Accounts) -> str:
         if args.action == "add":
             role = "admin" if args.admin else "user"
             u = await acc.register(args.username, _password(args), args.display_name or "", role)

@@ -236,3 +236,28 @@ async def test_broker_survives_a_redis_restart(sqlite_db):
             await _stop(servers, [w1, w2])
     finally:
         r.stop()
+
+
+async def test_cli_disable_reaches_running_servers(sqlite_db, redis_server, tmp_path):
+    """`berrychat user disable` with Redis enabled closes the user's connections on every
+    running process at once (not only at the next session audit) and the token is refused."""
+    import json
+
+    from berrychat import cli
+
+    redis = redis_server.settings()
+    servers, (w1, w2) = await _cluster(2, sqlite_db, redis)
+    try:
+        _, tok, a1 = await w1.user("ann")
+        a2 = await _device(w2, "ann", "d2")
+        cfg = tmp_path / "config.json"
+        cfg.write_text(json.dumps({"database": sqlite_db, "redis": redis}))
+        rc = await asyncio.to_thread(cli.main, ["user", "--config", str(cfg), "disable", "ann"])
+        assert rc == 0
+        for c in (a1, a2):
+            code, _ = await c.wait_closed(timeout=10)  # the session audit would take 30 s
+            assert code == 4403
+        with pytest.raises(ClientError):
+            await Client.connect(w2.host, w2.port, tok)
+    finally:
+        await _stop(servers, [w1, w2])
