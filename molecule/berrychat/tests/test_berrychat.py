@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import uuid
 
 from molecule_podman_hosts import hosts_in
@@ -11,32 +12,34 @@ testinfra_hosts = hosts_in("chat_servers")
 PORTS = (8100, 8101)
 
 
+# curl is not part of the image: the requests are made with the Pi's own Python.
+_HTTP_SCRIPT = r"""
+import json, sys, urllib.error, urllib.request
+method, url, body, token = sys.argv[1:5]
+headers = {"Content-Type": "application/json"}
+if token:
+    headers["Authorization"] = "Bearer " + token
+req = urllib.request.Request(url, data=body.encode() or None, headers=headers, method=method)
+try:
+    resp = urllib.request.urlopen(req, timeout=10)
+    code, data = resp.status, resp.read()
+except urllib.error.HTTPError as e:
+    code, data = e.code, e.read()
+sys.stdout.write(data.decode() + "\n" + str(code))
+"""
+
+
 def _http(host, method: str, port: int, path: str, body: dict | None = None, token: str = ""):
-    out = host.check_output(_py_http(method, port, path, body, token))
+    args = (
+        _HTTP_SCRIPT,
+        method,
+        f"http://127.0.0.1:{port}{path}",
+        json.dumps(body) if body else "",
+        token,
+    )
+    out = host.check_output("python3 -c " + " ".join(shlex.quote(a) for a in args))
     text, _, code = out.rpartition("\n")
     return int(code), (json.loads(text) if text.strip() else None)
-
-
-def _py_http(method: str, port: int, path: str, body: dict | None, token: str) -> str:
-    # curl is not part of the image: use the Pi's own Python.
-    req = {
-        "method": method,
-        "url": f"http://127.0.0.1:{port}{path}",
-        "body": json.dumps(body) if body is not None else None,
-        "token": token,
-    }
-    script = (
-        "import json,sys,urllib.request,urllib.error;"
-        f"r=json.loads({json.dumps(json.dumps(req))});"
-        "h={'Content-Type':'application/json'};"
-        "h.update({'Authorization':'Bearer '+r['token']} if r['token'] else {});"
-        "q=urllib.request.Request(r['url'],data=r['body'].encode() if r['body'] else None,"
-        "headers=h,method=r['method']);"
-        "\ntry:\n resp=urllib.request.urlopen(q,timeout=10);c=resp.status;b=resp.read()"
-        "\nexcept urllib.error.HTTPError as e:\n c=e.code;b=e.read()"
-        "\nsys.stdout.write(b.decode()+'\\n'+str(c))"
-    )
-    return f"python3 -c {json.dumps(script)}"
 
 
 def test_every_instance_runs_under_systemd(host):
