@@ -159,6 +159,10 @@ class Metrics:
             "the last local recipient (cross-process: to the remote process's delivery)",
         )
         self.db_latency = h("berrychat_db_seconds", "database transaction duration")
+        self.redis_delivery = h(
+            "berrychat_redis_delivery_seconds",
+            "publish on another process to delivery here, through Redis (per payload)",
+        )
         self.redis_latency = h(
             "berrychat_redis_seconds", "Redis round trip (publish pipelines, shared state)"
         )

@@ -94,6 +94,8 @@ async def test_users_on_different_processes_chat(sqlite_db, redis_server):
         # a process subscribes only to the shards of its own users
         shards = servers[0].settings.redis.shards
         assert servers[1].broker.subscribed_shards() == {bob["id"] % shards}
+        m = servers[1].metrics
+        assert m.redis_delivery.count > 0 and m.redis_published.value > 0
     finally:
         await _stop(servers, [w1, w2, w3])
 

@@ -12,7 +12,8 @@ them) and appends one record per shard to a per-tick buffer. Once per loop tick 
 whenever the previous pipeline returned) all buffered records go out in one pipeline with one
 PUBLISH per shard: many frames, one PUBLISH. The frame bytes are shipped verbatim.
 
-Wire format of a shard payload: 8-byte origin id, then records
+Wire format of a shard payload: 8-byte origin id, the publish time (f64, Unix seconds; for the
+cross-process delivery latency metric), then records
 `<u32 data length><u32 user count><user ids as u64 ...><data>` (little-endian). A process
 ignores payloads it published itself (it already delivered them locally).
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _HEAD = struct.Struct("<II")
+_TS = struct.Struct("<d")
 MAX_PENDING_BYTES = 64 << 20  # above this (Redis down), new publishes are dropped
 
 
@@ -212,10 +214,10 @@ class RedisBroker(Broker):
         try:
             assert self.redis is not None
             pipe = self.redis.pipeline(transaction=False)
-            origin = self.origin
+            head = self.origin + _TS.pack(time.time())
             chans = self.shard_channels
             for s, recs in pend.items():
-                pipe.publish(chans[s], origin + b"".join(recs))
+                pipe.publish(chans[s], head + b"".join(recs))
             for c in ctl:
                 pipe.publish(self.ctl_channel, c)
             t0 = time.perf_counter()
@@ -345,7 +347,8 @@ class RedisBroker(Broker):
         if rx is None:
             return
         mv = memoryview(payload)
-        pos = 8
+        sent = _TS.unpack_from(mv, 8)[0]
+        pos = 16
         end = len(payload)
         head = _HEAD.unpack_from
         drop = self.drop_fraction
@@ -368,3 +371,4 @@ class RedisBroker(Broker):
         self.received += n
         if self.metrics is not None:
             self.metrics.redis_received.inc(n)
+            self.metrics.redis_delivery.observe(max(0.0, time.time() - sent))
