@@ -7,6 +7,7 @@ Refusals answer `rate_limited` (retryable, HTTP 429)."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from .config import LimitsSettings
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from .shared import LocalState
 
 LOOPBACK = ("127.", "::1", "::ffff:127.")
+log = logging.getLogger(__name__)
 
 
 class RateLimits:
@@ -48,19 +50,22 @@ class RateLimits:
             return self._refused("messages_ip", w)
         return None
 
+    async def _hit(self, name: str, key: str, limit: int, window: float) -> bool:
+        try:
+            return await self.state.hit(name, key, limit, window)
+        except Exception as e:  # shared state unreachable: fail open (the limits are a guard)
+            log.warning("rate limit %s not checked: %s", name, e)
+            return True
+
     async def login(self, username: str, ip: str) -> None:
         lim = self.lim
         w = lim.login_window_seconds
-        if (
-            lim.logins_per_ip
-            and ip
-            and not await self.state.hit("logins_ip", ip, lim.logins_per_ip, w)
-        ):
+        if lim.logins_per_ip and ip and not await self._hit("logins_ip", ip, lim.logins_per_ip, w):
             raise self._refused("logins_ip", w)
         if (
             lim.logins_per_user
             and username
-            and not await self.state.hit("logins_user", username, lim.logins_per_user, w)
+            and not await self._hit("logins_user", username, lim.logins_per_user, w)
         ):
             raise self._refused("logins_user", w)
 
@@ -70,7 +75,7 @@ class RateLimits:
         if (
             lim.registrations_per_ip
             and ip
-            and not await self.state.hit("registrations_ip", ip, lim.registrations_per_ip, w)
+            and not await self._hit("registrations_ip", ip, lim.registrations_per_ip, w)
         ):
             raise self._refused("registrations_ip", w)
 

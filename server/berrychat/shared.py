@@ -272,4 +272,10 @@ class RedisState(LocalState):
     async def is_revoked(self, token_hash: str) -> bool:
         if await super().is_revoked(token_hash):
             return True
-        return bool(await self._timed(self.r.exists(f"{self.p}rev:{token_hash}")))
+        try:
+            return bool(await self._timed(self.r.exists(f"{self.p}rev:{token_hash}")))
+        except Exception as e:
+            # fail open: the session row (read from the primary) is the truth; this list only
+            # makes revocations visible before every process has dropped its connections
+            log.warning("revocation list unreachable: %s", e)
+            return False

@@ -263,3 +263,34 @@ async def test_cli_disable_reaches_running_servers(sqlite_db, redis_server, tmp_
             await Client.connect(w2.host, w2.port, tok)
     finally:
         await _stop(servers, [w1, w2])
+
+
+async def test_service_continues_while_redis_is_down(sqlite_db):
+    """Redis is a guard and a router, not the truth: with it down, logins, hellos, sends and
+    history still work on each process (pushes across processes are lost until it is back)."""
+    from support import RedisServer
+
+    from berrychat.client import register
+
+    r = RedisServer()
+    r.start()
+    try:
+        s = make_settings(sqlite_db, redis=r.settings(), limits={"logins_per_ip": 100})
+        srv = Server(s)
+        await srv.start()
+        w = World(srv)
+        try:
+            await register(w.host, w.port, "bob", PASSWORD)
+            r.proc.terminate()
+            r.proc.wait(timeout=10)
+            _, _, a = await w.user("ann")  # register, login (rate limit fails open), hello
+            conv = (await a.request("conv.create", kind="direct", members=["bob"]))["conv"]
+            ack = await a.send_text(conv, "still here")
+            assert ack["seq"] == 2
+            h = await a.history(conv)
+            assert [m["seq"] for m in h["messages"]] == [1, 2]
+        finally:
+            await w.close()
+            await srv.stop(drain_seconds=0.2)
+    finally:
+        r.stop()

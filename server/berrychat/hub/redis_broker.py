@@ -88,6 +88,7 @@ class RedisBroker(Broker):
         self._sub_task: asyncio.Task | None = None
         self._sub_dirty = False
         self._sub_waiters: list[asyncio.Future[None]] = []
+        self._sub_failing = False
         self._closed = False
         self._last_err = 0.0
         # counters (also in metrics when given)
@@ -98,6 +99,8 @@ class RedisBroker(Broker):
     # ---- lifecycle -----------------------------------------------------------------------
     def client(self) -> aioredis.Redis:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
 
         s = self.settings
         return aioredis.Redis(
@@ -108,6 +111,9 @@ class RedisBroker(Broker):
             socket_connect_timeout=s.socket_timeout,
             socket_timeout=None,
             health_check_interval=0,
+            # one quick retry: callers handle failures (at-most-once, fail open); redis-py's
+            # default backoff would stall hellos and logins for seconds while Redis is down
+            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
         )
 
     async def start(self, receiver: Receiver) -> None:
@@ -274,6 +280,7 @@ class RedisBroker(Broker):
                     if add:
                         await self._pubsub.subscribe(*(self.shard_channels[i] for i in add))
                         self._subscribed |= add
+                        self._sub_failing = False
                         self._wake()
                     if drop:
                         await self._pubsub.unsubscribe(*(self.shard_channels[i] for i in drop))
@@ -282,6 +289,8 @@ class RedisBroker(Broker):
                     raise
                 except Exception as e:
                     self._error(f"subscribe failed: {e!r}")
+                    self._sub_failing = True  # hellos need not wait for a broken Redis
+                    self._wake()
                     await asyncio.sleep(0.5)
                     self._sub_dirty = True
         finally:
@@ -291,7 +300,12 @@ class RedisBroker(Broker):
     async def wait_routed(self, user_id: int) -> None:
         s = user_id % self.shards
         end = time.monotonic() + 2.0  # bounded: a broken Redis must not hold hellos
-        while s not in self._subscribed and self._refs[s] > 0 and not self._closed:
+        while (
+            s not in self._subscribed
+            and self._refs[s] > 0
+            and not self._closed
+            and not self._sub_failing
+        ):
             if time.monotonic() > end:
                 return
             fut = asyncio.get_running_loop().create_future()
