@@ -25,6 +25,7 @@ import platform
 import resource
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -667,8 +668,14 @@ async def bench_main(args: argparse.Namespace) -> int:
             results["storm"] = row
             out.append(table("(d) reconnect storm", [row]))
             print(out[-1], flush=True)
-    finally:
+    except BaseException:
         srv.stop()
+        print(f"bench failed; server log and database kept in {tmp}", file=sys.stderr)
+        raise
+    else:
+        srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    finally:
         results["loadavg_after"] = os.getloadavg()
     rdir = Path(args.results) if args.results else _results_dir()
     rdir.mkdir(parents=True, exist_ok=True)
