@@ -29,7 +29,7 @@ help:
 # Controller virtualenv: pinned tools (requirements/controller.lock) + the server package.
 $(BIN)/.stamp: requirements/controller.in requirements/controller.lock server/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/pip || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements/controller.in -c requirements/controller.lock
 	$(BIN)/pip install -q -e 'server[test,fast]' -c requirements/controller.lock
