@@ -14,7 +14,7 @@ MOLECULE_JOBS ?= 3
 # Empty = every scenario under molecule/; or a space-separated list.
 SCENARIOS ?=
 
-.PHONY: help venv host images lint test test-server test-browser test-molecule demo demo-down lock clean
+.PHONY: help venv host images lint test test-server test-browser test-molecule bench demo demo-down lock clean
 
 help:
 	@echo "make demo         build 3 virtual arm64 Pis and deploy BerryChat on them"
@@ -25,6 +25,7 @@ help:
 	@echo "make test-browser the web client in headless Chromium"
 	@echo "make test-molecule [SCENARIOS='a b']  Molecule scenarios"
 	@echo "make images       build the virtual Pi images (arm64 and native)"
+	@echo "make bench [SCENARIO=idle|fanout|direct|storm]  load benchmarks (table + bench/results/)"
 
 # Controller virtualenv: pinned tools (requirements/controller.lock) + the server package.
 $(BIN)/.stamp: requirements/controller.in requirements/controller.lock server/pyproject.toml
@@ -61,6 +62,11 @@ test-molecule: venv images
 	  -n $(MOLECULE_JOBS) --dist loadgroup $(if $(SCENARIOS),--scenarios "$(SCENARIOS)")
 
 test: lint test-server test-browser test-molecule
+
+# Load benchmarks on loopback: server pinned to CPU 0, generator to CPU 1; table + JSON under
+# bench/results/ (see bench/README.md). Not part of `make test`: figures, not pass/fail.
+bench: venv
+	$(BIN)/berrychat bench --scenario $(or $(SCENARIO),all)
 
 demo: venv images
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh up
