@@ -34,7 +34,9 @@ def test_memory_limit_is_applied(host):
     name = host.backend.name
     limit = subprocess.run(
         ["podman", "inspect", "--format", "{{.HostConfig.Memory}}", name],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     assert int(limit) == 1024**3
 
