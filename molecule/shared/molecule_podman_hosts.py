@@ -42,8 +42,18 @@ def hostvars(name: str) -> dict:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Default host list for modules without their own testinfra_hosts.
+    # testinfra lets --hosts win over a module's testinfra_hosts, so leave it empty and give
+    # modules without their own list every host of the scenario (below).
     if os.environ.get("MOLECULE_INVENTORY_FILE"):
-        config.option.hosts = ",".join(hosts_in("all"))
+        config.option.hosts = None
         config.option.connection = None
         config.option.ansible_inventory = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Runs before testinfra's own hook, which then parametrizes `host` from this list.
+    if os.environ.get("MOLECULE_INVENTORY_FILE") and not hasattr(
+        metafunc.module, "testinfra_hosts"
+    ):
+        metafunc.module.testinfra_hosts = hosts_in("all")
