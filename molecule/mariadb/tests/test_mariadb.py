@@ -6,6 +6,7 @@ the replica, dumped by the backup service and brought back by playbooks/restore.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import testinfra
+import yaml
 from molecule_podman_hosts import hosts_in, hostvars
 
 testinfra_hosts = hosts_in("all")
@@ -88,16 +90,37 @@ def _wait_for_token(spec: str, database: str, **kwargs) -> str:
     return found
 
 
-def _ansible_playbook(*extra: str) -> subprocess.CompletedProcess:
-    project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
+ROLE = PROJECT / "roles" / "mariadb"
+
+
+def _ansible_playbook(*extra: str, playbook: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a playbook (default: playbooks/restore.yml) against the scenario's inventory."""
     cmd = [
         "ansible-playbook",
         "-i",
         os.environ["MOLECULE_INVENTORY_FILE"],
-        str(project / "playbooks" / "restore.yml"),
+        str(playbook or PROJECT / "playbooks" / "restore.yml"),
         *extra,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+
+
+def _converge(extra_vars: dict, tags: str) -> subprocess.CompletedProcess:
+    """Re-apply the role's tagged parts to the scenario's hosts with overridden variables."""
+    converge = Path(__file__).parents[1] / "converge.yml"
+    return _ansible_playbook("-e", json.dumps(extra_vars), "--tags", tags, playbook=converge)
+
+
+def test_defaults_match_the_argument_spec():
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    spec = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())
+    options = spec["argument_specs"]["main"]["options"]
+    assert sorted(defaults) == sorted(options)
+    for name, value in defaults.items():
+        assert options[name].get("default") == value, name
+    readme = (ROLE / "README.md").read_text()
+    assert [name for name in defaults if name not in readme] == []
 
 
 def test_buffer_pool_is_capped_and_sized_from_memory(host):
@@ -229,3 +252,39 @@ def test_restore_refuses_to_overwrite_a_database_with_tables():
     assert result.returncode != 0
     output = " ".join((result.stdout + result.stderr).split())
     assert "already has" in output
+
+
+def test_override_lands_through_a_validated_restart():
+    """A changed setting is validated, written and applied by the restart handler.
+
+    Only the config and replication tags run, which also proves they work on their own; the
+    replication health check then runs right after the restart.
+    """
+    result = _converge(
+        {"mariadb_config_extra": {"long_query_time": 3}}, "mariadb:config,mariadb:replication"
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    for spec in [PRIMARY, *REPLICAS]:
+        assert float(_value(spec, "SELECT @@long_query_time")) == 3.0
+    # The play's own health check passed after the restart; replication still carries rows.
+    _value(
+        PRIMARY, f"INSERT INTO probe (token) VALUES ('{TOKEN}-after-restart')", database=DATABASE
+    )
+    for spec in REPLICAS:
+        query = f"SELECT COUNT(*) FROM probe WHERE token = '{TOKEN}-after-restart'"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _value(spec, query, database=DATABASE) != "1":
+            time.sleep(1)
+        assert _value(spec, query, database=DATABASE) == "1"
+
+
+def test_invalid_setting_is_rejected_before_it_lands():
+    result = _converge({"mariadb_config_extra": {"innodb_no_such_option": 1}}, "mariadb:config")
+    assert result.returncode != 0
+    assert "unknown variable" in result.stdout + result.stderr
+    for spec in [PRIMARY, *REPLICAS]:
+        host = _host(spec)
+        conf = host.file("/etc/mysql/mariadb.conf.d/60-berrychat.cnf")
+        assert not conf.contains("innodb_no_such_option")
+        assert conf.contains("^long_query_time = 3")
+        assert _value(spec, "SELECT 1") == "1"
