@@ -13,11 +13,21 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".cache" / "molecule-logs"
 # Bounded: a scenario that hangs is killed rather than eating CI's whole budget.
 SCENARIO_TIMEOUT_S = int(os.environ.get("MOLECULE_SCENARIO_TIMEOUT", "2400"))
+
+
+def _ci_arch(scenario: str) -> str:
+    """MOLECULE_ARCH from the environment, else the scenario's entry in molecule/ci.yml."""
+    forced = os.environ.get("MOLECULE_ARCH", "")
+    if forced:
+        return forced
+    ci = yaml.safe_load((ROOT / "molecule" / "ci.yml").read_text())
+    return "arm64" if scenario in (ci.get("arm64") or []) else "native"
 
 
 def _all_scenarios() -> list[str]:
@@ -38,10 +48,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     )
 
 
+def test_every_scenario_has_a_ci_architecture() -> None:
+    ci = yaml.safe_load((ROOT / "molecule" / "ci.yml").read_text())
+    listed = set(ci.get("arm64") or []) | set(ci.get("native") or {})
+    assert listed == set(_all_scenarios()), "molecule/ci.yml must name every scenario once"
+
+
 def test_scenario(scenario: str) -> None:
     LOGS.mkdir(parents=True, exist_ok=True)
     log = LOGS / f"{scenario}.log"
-    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", NO_COLOR="1")
+    arch = _ci_arch(scenario)
+    env = dict(os.environ, MOLECULE_ARCH=arch, ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", NO_COLOR="1")
     started = time.monotonic()
     with log.open("w") as out:
         proc = subprocess.run(
@@ -54,7 +71,7 @@ def test_scenario(scenario: str) -> None:
             check=False,
         )
     took = time.monotonic() - started
-    print(f"molecule {scenario} ({os.environ.get('MOLECULE_ARCH', 'arm64')}): {took:.0f}s")
+    print(f"molecule {scenario} ({arch}): {took:.0f}s")
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-80:])
         pytest.fail(f"molecule test -s {scenario} failed (rc={proc.returncode}); log {log}\n{tail}")
