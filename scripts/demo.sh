@@ -66,14 +66,24 @@ report() {
   done
   echo
   echo "Web client:  http://127.0.0.1:$HTTP_PORT/  https://127.0.0.1:$HTTPS_PORT/ (once the edge roles are deployed)"
-  echo "Shell:       podman exec -it berrychat-pi-1 bash"
+  echo "Shell:       podman exec -it berrychat-pi-1 bash   (admin user 'pi', key inventory/local/secrets/admin_ed25519)"
   echo "Secrets:     inventory/local/secrets/ (generated on first deploy, kept on this machine)"
   echo "Re-deploy:   ansible-playbook -i inventory/local playbooks/site.yml"
   echo "Remove:      make demo-down"
 }
 
+admin_key() {
+  # The admin user pi_base creates logs in with this key only (password login is off).
+  local key=inventory/local/secrets/admin_ed25519
+  if [[ ! -f "$key" ]]; then
+    mkdir -p -m 0700 inventory/local/secrets
+    ssh-keygen -q -t ed25519 -N '' -C berrychat-demo-admin -f "$key"
+  fi
+}
+
 case "${1:-up}" in
   up)
+    admin_key
     podman image exists "localhost/berrychat-pi:$ARCH" || bash images/build.sh "$ARCH"
     start_fleet
     ansible-playbook -i inventory/local playbooks/site.yml

@@ -10,7 +10,7 @@ PACKAGES=(
   podman runc netavark aardvark-dns iptables slirp4netns uidmap fuse-overlayfs catatonit
   qemu-user-static binfmt-support debootstrap
   mariadb-server redis-server nginx
-  python3-venv git make curl ca-certificates
+  python3-venv git make curl ca-certificates openssh-client
 )
 if [[ "${WITH_BROWSER:-1}" == 1 ]]; then
   PACKAGES+=(chromium chromium-driver fonts-noto-color-emoji)
