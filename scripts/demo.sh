@@ -15,7 +15,7 @@ APT_CACHE=${BERRYCHAT_APT_CACHE:-/var/cache/berrychat/apt}/$ARCH
 down() {
   for h in "${HOSTS[@]}"; do podman rm -f -t 10 "$h" >/dev/null 2>&1 || true; done
   podman network rm "$NETWORK" >/dev/null 2>&1 || true
-  echo "virtual fleet removed (generated secrets kept in inventory/local/secrets/)"
+  echo "virtual fleet removed (generated secrets kept in .secrets/local/)"
 }
 
 start_fleet() {
@@ -66,17 +66,17 @@ report() {
   done
   echo
   echo "Web client:  http://127.0.0.1:$HTTP_PORT/  https://127.0.0.1:$HTTPS_PORT/ (once the edge roles are deployed)"
-  echo "Shell:       podman exec -it berrychat-pi-1 bash   (admin user 'pi', key inventory/local/secrets/admin_ed25519)"
-  echo "Secrets:     inventory/local/secrets/ (generated on first deploy, kept on this machine)"
+  echo "Shell:       podman exec -it berrychat-pi-1 bash   (admin user 'pi', key .secrets/local/admin_ed25519)"
+  echo "Secrets:     .secrets/local/ (generated on first deploy, kept on this machine)"
   echo "Re-deploy:   ansible-playbook -i inventory/local playbooks/site.yml"
   echo "Remove:      make demo-down"
 }
 
 admin_key() {
   # The admin user pi_base creates logs in with this key only (password login is off).
-  local key=inventory/local/secrets/admin_ed25519
+  local key=.secrets/local/admin_ed25519
   if [[ ! -f "$key" ]]; then
-    mkdir -p -m 0700 inventory/local/secrets
+    mkdir -p -m 0700 .secrets/local
     ssh-keygen -q -t ed25519 -N '' -C berrychat-demo-admin -f "$key"
   fi
 }
