@@ -66,6 +66,9 @@ report() {
   done
   echo
   echo "Web client:  http://127.0.0.1:$HTTP_PORT/  https://127.0.0.1:$HTTPS_PORT/ (once the edge roles are deployed)"
+  if [[ -f .secrets/local/berrychat_admin_password ]]; then
+    echo "Admin login: admin / $(cat .secrets/local/berrychat_admin_password)   (demo only: a real fleet keeps it in .secrets/<inventory>/)"
+  fi
   echo "Shell:       podman exec -it berrychat-pi-1 bash   (admin user 'pi', key .secrets/local/admin_ed25519)"
   echo "Secrets:     .secrets/local/ (generated on first deploy, kept on this machine)"
   echo "Re-deploy:   ansible-playbook -i inventory/local playbooks/site.yml"
