@@ -161,6 +161,67 @@ class ReplicaSettings:
 
 
 @dataclass(frozen=True)
+class CallsSettings:
+    """1:1 voice/video call signalling and the ICE servers handed to clients (docs/server.md)."""
+
+    enabled: bool = True
+    # a call not accepted within this time ends with reason "timeout" (a missed call)
+    ring_timeout_seconds: float = opt(45.0, 0.05, 3600)
+    # comma-separated stun: URLs, e.g. "stun:turn.example.org:3478"
+    stun_urls: str = ""
+    # comma-separated turn:/turns: URLs; credentials come from turn_secret (coturn's
+    # use-auth-secret / static-auth-secret, the TURN REST API scheme)
+    turn_urls: str = ""
+    turn_secret: str = ""
+    turn_ttl_seconds: int = opt(86400, 60, 30 * 86400)
+
+
+@dataclass(frozen=True)
+class BotsSettings:
+    """Bot accounts, their HTTP API and outgoing webhooks."""
+
+    enabled: bool = True
+    webhook_timeout_seconds: float = opt(5.0, 0.1, 300)
+    webhook_max_attempts: int = opt(5, 1, 100)
+    webhook_backoff_seconds: float = opt(1.0, 0.01, 3600)
+    webhook_backoff_max_seconds: float = opt(60.0, 0.01, 86400)
+    # events waiting per bot; when full, new events for that bot are dropped (and counted)
+    webhook_queue_size: int = opt(1000, 1, 1_000_000)
+
+
+@dataclass(frozen=True)
+class AiSettings:
+    """The built-in AI assistant: a client of an OpenAI-compatible chat-completions API."""
+
+    enabled: bool = False
+    # up to and including the API version, e.g. http://llm.lan:11434/v1 (Ollama),
+    # http://llm.lan:8080/v1 (llama.cpp); "/chat/completions" is appended
+    base_url: str = "http://127.0.0.1:11434/v1"
+    model: str = "llama3.2"
+    api_key: str = ""  # empty: no Authorization header (LAN servers)
+    system_prompt: str = "You are BerryChat's helpful assistant. Answer briefly and clearly."
+    username: str = "assistant"
+    display_name: str = "Assistant"
+    # context sent with each question: at most this many recent messages, trimmed further
+    # (oldest first) to about this many tokens (estimated as characters / 4)
+    context_messages: int = opt(20, 1, 500)
+    context_tokens: int = opt(3000, 50, 1_000_000)
+    max_tokens: int = opt(512, 1, 1_000_000)  # the answer's token budget
+    temperature: float = opt(0.7, 0, 2)
+    connect_timeout_seconds: float = opt(5.0, 0.1, 300)
+    first_token_timeout_seconds: float = opt(60.0, 0.1, 3600)
+    idle_timeout_seconds: float = opt(30.0, 0.1, 3600)  # between two streamed chunks
+    total_timeout_seconds: float = opt(180.0, 0.1, 86400)
+    # questions per user / per conversation per window (0 = unlimited)
+    rate_per_user: int = opt(10, 0, 1_000_000)
+    rate_per_conversation: int = opt(30, 0, 1_000_000)
+    rate_window_seconds: float = opt(60.0, 1, 86400)
+    # how often the growing answer is pushed to the conversation while it streams
+    stream_interval_seconds: float = opt(0.25, 0.01, 10)
+    max_concurrent: int = opt(4, 1, 1000)  # answers generated at once per process
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -170,6 +231,9 @@ class Settings:
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     replicas: tuple[ReplicaSettings, ...] = ()
+    calls: CallsSettings = field(default_factory=CallsSettings)
+    bots: BotsSettings = field(default_factory=BotsSettings)
+    ai: AiSettings = field(default_factory=AiSettings)
     # Reserved for later features; accepted as free-form objects today.
     uploads: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, Any] = field(default_factory=dict)
@@ -196,8 +260,11 @@ _SECTIONS = {
     "presence": PresenceSettings,
     "heartbeat": HeartbeatSettings,
     "redis": RedisSettings,
+    "calls": CallsSettings,
+    "bots": BotsSettings,
+    "ai": AiSettings,
 }
-_FREEFORM = ("uploads", "metrics", "tls", "ai")
+_FREEFORM = ("uploads", "metrics", "tls")
 
 
 def _describe(v: Any) -> str:
@@ -289,6 +356,10 @@ def from_dict(raw: Any, *, env: Mapping[str, str] | None = None, source: str = "
     s = Settings(**vals, source=source)
     if s.heartbeat.timeout_seconds <= s.heartbeat.interval_seconds:
         raise ConfigError("heartbeat.timeout_seconds", "must be larger than interval_seconds")
+    if s.ai.enabled and not s.ai.base_url.startswith(("http://", "https://")):
+        raise ConfigError("ai.base_url", "expected an http:// or https:// URL")
+    if s.calls.turn_urls and not s.calls.turn_secret:
+        raise ConfigError("calls.turn_secret", "required when calls.turn_urls is set")
     return s
 
 
@@ -326,4 +397,7 @@ def redacted(s: Settings) -> dict[str, Any]:
     for r in d["replicas"]:
         if r.get("password"):
             r["password"] = "***"
+    for sec, key in (("calls", "turn_secret"), ("ai", "api_key")):
+        if d[sec].get(key):
+            d[sec][key] = "***"
     return d

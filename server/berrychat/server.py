@@ -74,6 +74,10 @@ class Server:
         self.api = HttpApi(settings, self.chat)
         self._static = StaticFiles(self.api)
         self.gateway = Gateway(settings, self.chat, self.hub, self._http)
+        from .calls.manager import CallManager
+
+        self.calls = CallManager(settings, self.chat, self.hub, self.metrics)
+        self.gateway.calls = self.calls
         self.migrate = migrate
         self._wire_metrics()
         self._server: asyncio.AbstractServer | None = None
@@ -218,6 +222,8 @@ class Server:
             )
             await self.state.start()
             self.chat.use_state(self.state)
+            self.calls.use_redis(redis_client, self.settings.redis.prefix)
+        self.calls.start()
         loop = asyncio.get_running_loop()
         s = self.settings.server
         self._server = await loop.create_server(
@@ -280,6 +286,7 @@ class Server:
         """Stop accepting, tell clients to reconnect elsewhere, finish in-flight commits."""
         if self._server is not None:
             self._server.close()
+        await self.calls.stop()  # end the calls owned here (recorded while commits still run)
         # 1. stop taking new work, 2. commit and acknowledge what was accepted,
         # 3. close every WebSocket with 1001 ("reconnect elsewhere").
         self.gateway.quiesce()

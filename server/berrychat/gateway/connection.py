@@ -214,6 +214,7 @@ class Connection(asyncio.Protocol):
             self.attached = False
             if self.gw.hub.detach(self):
                 self.gw.user_gone(self.user_id)
+            self.gw.conn_closed(self)
         if self.counted:
             self.counted = False
             self.gw.uncount(self.user_id)

@@ -52,6 +52,12 @@ class Gateway:
         self.writes = 0
         self.frames_out = 0
         self.metrics: Metrics | None = None
+        self.calls: Any = None  # the CallManager (calls/manager.py), set by the server
+
+    def conn_closed(self, conn: Connection) -> None:
+        """An authenticated connection detached (any reason)."""
+        if self.calls is not None:
+            self.calls.conn_closed(conn)
 
     def protocol_factory(self) -> Connection:
         return Connection(self)
@@ -219,6 +225,12 @@ class Gateway:
             conn.send_obj(ack(fid, "ping", server_time=int(time.time() * 1000)))
             return
         handler = _HANDLERS.get(ftype)
+        if handler is None and ftype.startswith("call.") and self.calls is not None:
+            calls = self.calls
+
+            async def handler(chat: ChatService, c: Connection, fields: dict[str, Any]) -> Any:
+                return await calls.handle(c, ftype, fields)
+
         if handler is None:  # pragma: no cover - SCHEMAS and _HANDLERS are kept in step
             conn.send_error(fid, ftype, "bad_frame", f"unknown frame type {ftype!r}")
             return

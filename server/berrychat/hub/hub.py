@@ -35,6 +35,8 @@ class Hub:
         self.total = 0
         self.deliveries = 0
         self.on_members_changed: Callable[[int, Sequence[int]], None] | None = None
+        # further control ops (e.g. "call.out" of the call signalling), by op name
+        self.control_handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
 
     # ---- registry ------------------------------------------------------------------------
     def attach(self, ep: Endpoint) -> tuple[bool, bool]:
@@ -117,5 +119,7 @@ class Hub:
         elif op == "members_changed":
             if self.on_members_changed is not None:
                 self.on_members_changed(msg["conv"], msg.get("users") or ())
+        elif op in self.control_handlers:
+            self.control_handlers[op](msg)
         else:
             log.warning("unknown control message %r", op)

@@ -19,6 +19,7 @@ ERRORS: dict[str, tuple[bool, int, str]] = {
     "member_limit": (False, 409, "the conversation would exceed the member limit"),
     "recall_window": (False, 409, "the recall or edit window of this message has passed"),
     "too_large": (False, 413, "the frame or text is larger than the limit"),
+    "busy": (False, 409, "you are already in a call"),
     "rate_limited": (True, 429, "slow down and retry after a pause"),
     "unavailable": (True, 503, "the server cannot serve this now (database down, draining)"),
     "internal": (True, 500, "unexpected server error"),

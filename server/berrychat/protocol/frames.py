@@ -42,6 +42,7 @@ CONV = F("int", lo=1)
 SEQ = F("int", lo=1)
 CID = F("str", lo=1, hi=64)
 TEXT = F("text", lo=1)
+CALL = F("str", lo=3, hi=64)
 
 SCHEMAS: dict[str, dict[str, F]] = {
     "hello": {"v": F("int", lo=1, hi=1000), "token": F("str", lo=1, hi=512)},
@@ -93,6 +94,24 @@ SCHEMAS: dict[str, dict[str, F]] = {
     "typing": {"conv": CONV, "on": F("bool", required=False)},
     "presence": {"status": F("enum", choices=("online", "away"))},
     "presence.get": {"users": F("ids", lo=1, hi=1000)},
+    # calls (protocol.md, "Calls")
+    "call.invite": {"conv": CONV, "media": F("enum", required=False, choices=("audio", "video"))},
+    "call.ringing": {"call": CALL},
+    "call.accept": {"call": CALL},
+    "call.reject": {"call": CALL},
+    "call.hangup": {"call": CALL},
+    "call.sdp": {
+        "call": CALL,
+        "sdp_type": F("enum", choices=("offer", "answer")),
+        "sdp": F("str", lo=1, hi=60000),
+    },
+    "call.ice": {
+        "call": CALL,
+        "candidate": F("str", lo=0, hi=2000),  # "" = end of candidates
+        "sdp_mid": F("str", required=False, lo=0, hi=64),
+        "sdp_mline_index": F("int", required=False, lo=0, hi=1000),
+    },
+    "call.ice_servers": {},
 }
 
 # Frames that need no authentication.

@@ -23,8 +23,9 @@ MSG_COLS = (
     "conversation_id, seq, sender_id, cid, kind, body, target_seq, extra, created_at, "
     "edited_at, recalled_at"
 )
-# Stream event kinds. "text" is a message; the others change earlier messages or the conversation.
-MESSAGE_KINDS = ("text",)
+# Stream event kinds. "text" is a message, "call" a call record (missed, ended, ...); the others
+# change earlier messages or the conversation.
+MESSAGE_KINDS = ("text", "call")
 GROUP_OPS = ("rename", "add", "remove", "leave", "role")
 
 
@@ -83,6 +84,8 @@ class Op:
     emoji: str | None = None
     remove: bool = False
     t0: float = 0.0  # time.perf_counter() when the request arrived (metrics)
+    # server-set fields merged into a text event (e.g. {"bot": true}); the record of a call
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -549,7 +552,7 @@ class Store(ABC):
             )
             ms = yield Q(
                 "SELECT m.user_id, m.role, m.read_seq, m.delivered_seq, u.username, "
-                "u.display_name FROM members m JOIN users u ON u.id = m.user_id "
+                "u.display_name, u.role FROM members m JOIN users u ON u.id = m.user_id "
                 "WHERE m.conversation_id=? ORDER BY m.joined_at, m.user_id",
                 (conv,),
                 "all",
@@ -579,6 +582,7 @@ class Store(ABC):
                 "delivered_seq": m[3],
                 "username": m[4],
                 "display_name": m[5],
+                **({"bot": True} if m[6] == "bot" else {}),
             }
             for m in ms
         ]
@@ -628,14 +632,18 @@ class Store(ABC):
                     by_id[mr[0]]["last_message"] = history_item(mr, None)
             for ch in _chunks(directs, 200):
                 prow = yield Q(
-                    "SELECT m.conversation_id, u.id, u.username, u.display_name FROM members m "
+                    "SELECT m.conversation_id, u.id, u.username, u.display_name, u.role "
+                    "FROM members m "
                     f"JOIN users u ON u.id = m.user_id WHERE m.conversation_id IN ({_qs(len(ch))}) "
                     "AND m.user_id<>?",
                     [*ch, user],
                     "all",
                 )
                 for p in prow:
-                    by_id[p[0]]["peer"] = {"id": p[1], "username": p[2], "display_name": p[3]}
+                    peer = {"id": p[1], "username": p[2], "display_name": p[3]}
+                    if p[4] == "bot":
+                        peer["bot"] = True
+                    by_id[p[0]]["peer"] = peer
             return out
 
         return await self.run(tx, write=False, reader=user)
@@ -857,10 +865,14 @@ def _apply_ops_tx(d: Dialect, ops: list[Op], limits: dict[str, int]) -> Tx[list[
                 else:
                     react_adds.append((*rk, ts))
                 extra = {"emoji": o.emoji, "remove": o.remove}
+        elif kind == "call":
+            extra = {"call": dict(o.extra or {})}
         elif kind == "text":
             body = o.text
             if o.mentions:
                 extra["mentions"] = o.mentions
+            if o.extra:
+                extra.update(o.extra)
             if o.target is not None and not 1 <= o.target <= c["last_seq"]:
                 err = ("bad_field", "reply_to: no such message")
         else:  # group operations
@@ -942,7 +954,7 @@ def _apply_ops_tx(d: Dialect, ops: list[Op], limits: dict[str, int]) -> Tx[list[
         c["last_seq"] += 1
         c["dirty"] = True
         seq = c["last_seq"]
-        if kind == "text":
+        if kind in MESSAGE_KINDS:
             c["last_msg_seq"] = seq
         ej = json.dumps(extra, ensure_ascii=False) if extra else None
         row = (o.conv, seq, o.actor, o.cid, kind, body, target, ej, ts, None, None)

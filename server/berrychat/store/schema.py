@@ -142,6 +142,34 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
             ],
         },
     ),
+    (
+        2,
+        "bots: API token hashes and outgoing webhooks of bot accounts",
+        {
+            "sqlite": [
+                """CREATE TABLE IF NOT EXISTS bots (
+                    user_id INTEGER PRIMARY KEY,
+                    created_by INTEGER NOT NULL,
+                    token_hash TEXT UNIQUE,
+                    webhook_url TEXT NOT NULL DEFAULT '',
+                    webhook_secret TEXT NOT NULL DEFAULT '',
+                    events TEXT NOT NULL DEFAULT 'messages,mentions',
+                    created_at INTEGER NOT NULL)""",
+            ],
+            "mysql": [
+                """CREATE TABLE IF NOT EXISTS bots (
+                    user_id BIGINT NOT NULL PRIMARY KEY,
+                    created_by BIGINT NOT NULL,
+                    token_hash CHAR(64) NULL,
+                    webhook_url VARCHAR(2000) NOT NULL DEFAULT '',
+                    webhook_secret VARCHAR(128) NOT NULL DEFAULT '',
+                    events VARCHAR(64) NOT NULL DEFAULT 'messages,mentions',
+                    created_at BIGINT NOT NULL,
+                    UNIQUE KEY bots_token (token_hash))"""
+                + _MYSQL_TAIL,
+            ],
+        },
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]
