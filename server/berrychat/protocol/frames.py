@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from . import strict_json
 from .websocket import OP_TEXT, encode_frame
 
 MAX_ID = 2**53 - 1  # JSON-safe integer range
@@ -201,7 +202,7 @@ def validate(ftype: str, obj: dict[str, Any], *, max_text: int) -> dict[str, Any
 
 def parse_client_frame(text: str, *, max_text: int = 4000) -> tuple[str, Any, dict[str, Any]]:
     try:
-        obj = json.loads(text)
+        obj = strict_json.loads(text)
     except (ValueError, RecursionError):
         raise FrameError("bad_json", "frame is not valid JSON")
     if not isinstance(obj, dict):

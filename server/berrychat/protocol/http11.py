@@ -12,6 +12,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from . import strict_json
+
 _TOKEN_CHARS = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
@@ -44,7 +46,7 @@ class Request:
         if not self.body:
             return {}
         try:
-            return json.loads(self.body.decode("utf-8"))
+            return strict_json.loads(self.body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise HttpError(400, "request body is not valid JSON")
 
