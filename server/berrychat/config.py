@@ -222,6 +222,31 @@ class AiSettings:
 
 
 @dataclass(frozen=True)
+class UploadsSettings:
+    """Attachments (see docs/server.md, "Uploads"). Sizes are bytes."""
+
+    # empty: an `uploads` directory next to the SQLite database file (the data directory),
+    # or `./uploads` with MariaDB. The fleet sets /var/lib/berrychat/uploads.
+    dir: str = ""
+    max_image_bytes: int = opt(20 << 20, 1, 1 << 40)
+    max_voice_bytes: int = opt(20 << 20, 1, 1 << 40)
+    max_video_bytes: int = opt(200 << 20, 1, 1 << 40)
+    max_file_bytes: int = opt(100 << 20, 1, 1 << 40)
+    # remove EXIF (GPS location, camera serial) from stored images; orientation is applied first
+    strip_metadata: bool = True
+    thumbnail_px: int = opt(320, 16, 4096)
+    # Pillow refuses images with more pixels than this (decompression bombs)
+    max_image_pixels: int = opt(50_000_000, 1, 1_000_000_000)
+    # production: answer authorised downloads with X-Accel-Redirect: <prefix><path> and let
+    # Nginx send the bytes from an `internal` location aliased to `dir` (empty: stream here)
+    accel_prefix: str = ""
+    # video poster frames with this ffmpeg binary (empty: look for `ffmpeg` on PATH)
+    ffmpeg: str = ""
+    video_posters: bool = True
+    idle_timeout_seconds: float = opt(30.0, 0.1, 3600)
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -235,10 +260,9 @@ class Settings:
     bots: BotsSettings = field(default_factory=BotsSettings)
     ai: AiSettings = field(default_factory=AiSettings)
     # Reserved for later features; accepted as free-form objects today.
-    uploads: Mapping[str, Any] = field(default_factory=dict)
+    uploads: UploadsSettings = field(default_factory=UploadsSettings)
     metrics: Mapping[str, Any] = field(default_factory=dict)
     tls: Mapping[str, Any] = field(default_factory=dict)
-    ai: Mapping[str, Any] = field(default_factory=dict)
     source: str = "defaults"
 
     def replace(self, **sections: Any) -> "Settings":
@@ -260,11 +284,12 @@ _SECTIONS = {
     "presence": PresenceSettings,
     "heartbeat": HeartbeatSettings,
     "redis": RedisSettings,
+    "uploads": UploadsSettings,
     "calls": CallsSettings,
     "bots": BotsSettings,
     "ai": AiSettings,
 }
-_FREEFORM = ("uploads", "metrics", "tls")
+_FREEFORM = ("metrics", "tls")
 
 
 def _describe(v: Any) -> str:
@@ -356,6 +381,9 @@ def from_dict(raw: Any, *, env: Mapping[str, str] | None = None, source: str = "
     s = Settings(**vals, source=source)
     if s.heartbeat.timeout_seconds <= s.heartbeat.interval_seconds:
         raise ConfigError("heartbeat.timeout_seconds", "must be larger than interval_seconds")
+    ap = s.uploads.accel_prefix
+    if ap and not (ap.startswith("/") and ap.endswith("/") and ap.isprintable() and " " not in ap):
+        raise ConfigError("uploads.accel_prefix", "expected a path like /_uploads/")
     if s.ai.enabled and not s.ai.base_url.startswith(("http://", "https://")):
         raise ConfigError("ai.base_url", "expected an http:// or https:// URL")
     if s.calls.turn_urls and not s.calls.turn_secret:

@@ -78,6 +78,14 @@ class Server:
 
         self.calls = CallManager(settings, self.chat, self.hub, self.metrics)
         self.gateway.calls = self.calls
+        from .http.uploads import MediaHttp
+        from .media.service import MediaService
+
+        self.media = MediaService(settings, self.store, self.hub, self.chat.members.get)
+        self.chat.media = self.media  # type: ignore[attr-defined]  # media.played frames
+        self.media_http = MediaHttp(self.media, self.chat)
+        self.api.routes[0:0] = self.media_http.routes()
+        self.gateway.stream_body = self.media_http.stream_cap
         self.migrate = migrate
         self._wire_metrics()
         self._server: asyncio.AbstractServer | None = None
@@ -204,6 +212,10 @@ class Server:
         return resp
 
     async def start(self) -> None:
+        try:
+            self.media.prepare()
+        except OSError as e:
+            raise RuntimeError(f"uploads.dir {self.media.files.root}: {e.strerror}")
         await self.store.connect()
         if self.migrate:
             applied = await self.store.migrate()

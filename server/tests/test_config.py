@@ -91,7 +91,7 @@ def test_optional_sections_accepted():
             **DESIGN_EXAMPLE,
             "redis": {"enabled": True, "port": 6380},
             "replicas": [{"host": "pi-3", "port": 3306}],
-            "uploads": {"max_bytes": 1},
+            "uploads": {"max_file_bytes": 1},
             "metrics": {"enabled": True},
             "tls": {},
             "ai": {"base_url": "x"},

@@ -13,10 +13,19 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import PROTOCOL_VERSION
+from ..http.body import BodyReader
 from ..protocol import codes
 from ..protocol.codes import ChatError
 from ..protocol.frames import FrameError, ack, encode, error, parse_client_frame
-from ..protocol.http11 import HttpError, Request, RequestParser, build_response, upgrade_response
+from ..protocol.http11 import (
+    Body,
+    FileResponse,
+    HttpError,
+    Request,
+    RequestParser,
+    build_response,
+    upgrade_response,
+)
 from ..protocol.websocket import (
     OP_BINARY,
     OP_CLOSE,
@@ -71,6 +80,9 @@ class Connection(asyncio.Protocol):
         "paused",
         "rx_t0",
         "counted",
+        "upload",
+        "write_paused",
+        "drain_waiter",
         "__weakref__",
     )
 
@@ -79,7 +91,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.state = HTTP
         self.http: RequestParser | None = RequestParser(
-            max_body_bytes=gw.settings.limits.http_max_body_bytes
+            max_body_bytes=gw.settings.limits.http_max_body_bytes, stream=gw.stream_body
         )
         self.ws: FrameParser | None = None
         self.out: list[bytes] = []
@@ -106,6 +118,9 @@ class Connection(asyncio.Protocol):
         self.paused = False
         self.rx_t0 = 0.0
         self.counted = False
+        self.upload: BodyReader | None = None  # the streamed request body being received
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -121,6 +136,19 @@ class Connection(asyncio.Protocol):
         self.gw.conns.discard(self)
         self._detach()
         self.transport = None
+        if self.upload is not None:
+            self.upload.connection_lost()
+            self.upload = None
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        w = self.drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
@@ -223,12 +251,20 @@ class Connection(asyncio.Protocol):
     def _http_data(self, data: bytes) -> None:
         assert self.http is not None
         try:
-            reqs = self.http.feed(data)
+            events = self.http.events(data)
         except HttpError as e:
             self._http_fail(e.status, e.message)
             return
-        for req in reqs:
-            if (req.header("upgrade") or "").lower() == "websocket":
+        for req in events:
+            if isinstance(req, Body):
+                if self.upload is not None:
+                    self.upload.push(req.data, req.end)
+                    if req.end:
+                        self.upload = None
+                continue
+            if req.streaming:
+                self._start_upload(req)
+            elif (req.header("upgrade") or "").lower() == "websocket":
                 if self.http_busy or self.http_queue:
                     self._http_fail(400, "a WebSocket upgrade must not be pipelined")
                     return
@@ -244,11 +280,54 @@ class Connection(asyncio.Protocol):
             self.http_busy = True
             asyncio.get_running_loop().create_task(self._serve_http())
 
+    def _start_upload(self, req: Request) -> None:
+        t = self.transport
+        assert t is not None
+
+        def resume() -> None:
+            if self.transport is not None and not self.paused:
+                self.transport.resume_reading()
+
+        def send_continue() -> None:
+            if self.transport is not None:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+        expect = (req.header("expect") or "").lower() == "100-continue"
+        self.upload = BodyReader(
+            req.content_length, t.pause_reading, resume, send_continue if expect else None
+        )
+        req.extra["body"] = self.upload
+
+    async def _send_file(self, resp: FileResponse) -> None:
+        """Write a file response in chunks, waiting whenever the socket buffer is full."""
+        t = self.transport
+        assert t is not None
+        t.write(bytes(resp))
+        left = resp.length
+        with open(resp.path, "rb") as f:
+            f.seek(resp.offset)
+            while left > 0 and self.transport is not None and not t.is_closing():
+                chunk = f.read(min(65536, left))
+                if not chunk:  # the file shrank: cut the connection, the length was promised
+                    t.close()
+                    return
+                left -= len(chunk)
+                t.write(chunk)
+                if self.write_paused:
+                    self.drain_waiter = asyncio.get_running_loop().create_future()
+                    try:
+                        await self.drain_waiter
+                    finally:
+                        self.drain_waiter = None
+
     def _http_fail(self, status: int, message: str) -> None:
         if self.transport is not None:
-            code = {404: "not_found", 429: "rate_limited", 503: "unavailable"}.get(
-                status, "bad_request"
-            )
+            code = {
+                404: "not_found",
+                413: "too_large",
+                429: "rate_limited",
+                503: "unavailable",
+            }.get(status, "bad_request")
             body = json.dumps({"error": {"code": code, "message": message}}).encode()
             self.transport.write(build_response(status, body, keep_alive=False))
             self.transport.close()
@@ -266,7 +345,15 @@ class Connection(asyncio.Protocol):
                     resp = build_response(500, b'{"error":{"code":"internal"}}')
                 if self.transport is None:
                     return
-                self.transport.write(resp)
+                body = req.extra.get("body")
+                if body is not None and not body.complete:
+                    req.keep_alive = False  # the rest of an unread body cannot be skipped
+                if isinstance(resp, FileResponse):
+                    await self._send_file(resp)
+                else:
+                    self.transport.write(resp)
+                if self.transport is None:
+                    return
                 if not req.keep_alive:
                     self.transport.close()
                     self.state = CLOSED

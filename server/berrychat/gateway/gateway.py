@@ -52,6 +52,8 @@ class Gateway:
         self.writes = 0
         self.frames_out = 0
         self.metrics: Metrics | None = None
+        # request head -> size cap when its body is to be streamed (uploads), else None
+        self.stream_body: Callable[[Request], int | None] | None = None
         self.calls: Any = None  # the CallManager (calls/manager.py), set by the server
 
     def conn_closed(self, conn: Connection) -> None:
@@ -270,9 +272,10 @@ def _to_op(ftype: str, uid: int, f: dict[str, Any]) -> Op:
             conv,
             uid,
             f["cid"],
-            text=f["text"],
+            text=f.get("text", ""),
             target=f.get("reply_to"),
             mentions=f.get("mentions"),
+            attachment=f.get("attachment"),
         )
     if ftype == "msg.edit":
         return Op("edit", conv, uid, f["cid"], text=f["text"], target=f["seq"])
@@ -361,6 +364,10 @@ async def _presence_get(chat: ChatService, conn: Connection, f: dict[str, Any]) 
     return await chat.presence_get(conn.user_id, f["users"])
 
 
+async def _media_played(chat: ChatService, conn: Connection, f: dict[str, Any]) -> dict[str, Any]:
+    return await chat.media.played(conn.user_id, f["conv"], f["seq"])  # type: ignore[attr-defined]
+
+
 _HANDLERS: dict[str, Callable[..., Awaitable[dict[str, Any] | None]]] = {
     "conv.create": _conv_create,
     "conv.add": _conv_add,
@@ -372,4 +379,5 @@ _HANDLERS: dict[str, Callable[..., Awaitable[dict[str, Any] | None]]] = {
     "typing": _typing,
     "presence": _presence,
     "presence.get": _presence_get,
+    "media.played": _media_played,
 }

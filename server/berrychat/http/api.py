@@ -83,6 +83,8 @@ class HttpApi:
                     "retryable": True,
                 }
             }
+        if isinstance(body, bytes):  # a complete response (file downloads)
+            return body
         if status == 204:
             return build_response(204, keep_alive=keep)
         return build_response(status, _dump(body), keep_alive=keep)
@@ -235,9 +237,10 @@ class HttpApi:
             f["conv"],
             s["user_id"],
             f["cid"],
-            text=f["text"],
+            text=f.get("text", ""),
             target=f.get("reply_to"),
             mentions=f.get("mentions"),
+            attachment=f.get("attachment"),
         )
         r = await self.chat.apply(op)
         r["cid"] = f["cid"]

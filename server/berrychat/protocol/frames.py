@@ -67,7 +67,8 @@ SCHEMAS: dict[str, dict[str, F]] = {
     "msg.send": {
         "conv": CONV,
         "cid": CID,
-        "text": TEXT,
+        "text": F("text", required=False, lo=1),  # required unless an attachment is sent
+        "attachment": F("str", required=False, lo=8, hi=32),
         "reply_to": F("int", required=False, lo=1),
         "mentions": F("ids", required=False, hi=100),
     },
@@ -95,6 +96,8 @@ SCHEMAS: dict[str, dict[str, F]] = {
     "typing": {"conv": CONV, "on": F("bool", required=False)},
     "presence": {"status": F("enum", choices=("online", "away"))},
     "presence.get": {"users": F("ids", lo=1, hi=1000)},
+    # a voice (or video) message was played (protocol.md, "Attachments")
+    "media.played": {"conv": CONV, "seq": SEQ},
     # calls (protocol.md, "Calls")
     "call.invite": {"conv": CONV, "media": F("enum", required=False, choices=("audio", "video"))},
     "call.ringing": {"call": CALL},
@@ -197,6 +200,8 @@ def validate(ftype: str, obj: dict[str, Any], *, max_text: int) -> dict[str, Any
             out[name] = _check(name, spec, obj[name], max_text)
         elif spec.required:
             raise FrameError("bad_field", f"{name}: required")
+    if ftype == "msg.send" and "text" not in out and "attachment" not in out:
+        raise FrameError("bad_field", "text: required (or an attachment)")
     return out
 
 

@@ -26,6 +26,11 @@ MSG_COLS = (
 # Stream event kinds. "text" is a message, "call" a call record (missed, ended, ...); the others
 # change earlier messages or the conversation.
 MESSAGE_KINDS = ("text", "call")
+# Messages that carry an attachment (docs/protocol.md, "Attachments"); they behave like text
+# (caption in "text", edit, recall, react, reply) and name the file in "attachment".
+MEDIA_KINDS = ("image", "file", "voice", "video")
+TEXT_LIKE = ("text", *MEDIA_KINDS)
+MESSAGE_KINDS = (*MESSAGE_KINDS, *MEDIA_KINDS)
 GROUP_OPS = ("rename", "add", "remove", "leave", "role")
 
 
@@ -86,6 +91,7 @@ class Op:
     t0: float = 0.0  # time.perf_counter() when the request arrived (metrics)
     # server-set fields merged into a text event (e.g. {"bot": true}); the record of a call
     extra: dict[str, Any] | None = None
+    attachment: str | None = None  # text: the id of an upload of the actor's to attach
 
 
 @dataclass(slots=True)
@@ -117,7 +123,7 @@ def event_from_row(r: Sequence[Any]) -> dict[str, Any]:
     ev: dict[str, Any] = {"conv": conv, "seq": seq, "ts": ts, "from": sender, "kind": kind}
     if cid is not None:
         ev["cid"] = cid
-    if kind == "text":
+    if kind in TEXT_LIKE:
         ev["text"] = body
         if target is not None:
             ev["reply_to"] = target
@@ -135,11 +141,12 @@ def history_item(r: Sequence[Any], reactions: dict[str, list[int]] | None) -> di
     """A messages row in its current state (edits applied, recalls blanked, reactions)."""
     ev = event_from_row(r)
     edited_at, recalled_at = r[9], r[10]
-    if ev["kind"] == "text":
+    if ev["kind"] in TEXT_LIKE:
         if recalled_at is not None:
             ev["recalled"] = True
             ev["text"] = ""
             ev.pop("mentions", None)
+            ev.pop("attachment", None)
         elif edited_at is not None:
             ev["edited_at"] = edited_at
         if reactions:
@@ -809,6 +816,7 @@ def _apply_ops_tx(d: Dialect, ops: list[Op], limits: dict[str, int]) -> Tx[list[
     react_adds: list[tuple] = []
     react_dels: list[tuple] = []
     targets: dict[tuple[int, int], Any] = {}
+    ref_rows: list[tuple[str, int, int]] = []
 
     for i, o in enumerate(ops):
         res = results[i]
@@ -837,7 +845,7 @@ def _apply_ops_tx(d: Dialect, ops: list[Op], limits: dict[str, int]) -> Tx[list[
                     "one",
                 )
             t = targets[tkey]
-            if t is None or t[1] != "text":
+            if t is None or t[1] not in TEXT_LIKE:
                 err = ("not_found", "no such message")
             elif t[3] is not None:
                 err = ("conflict", "the message was recalled")
@@ -875,6 +883,13 @@ def _apply_ops_tx(d: Dialect, ops: list[Op], limits: dict[str, int]) -> Tx[list[
                 extra.update(o.extra)
             if o.target is not None and not 1 <= o.target <= c["last_seq"]:
                 err = ("bad_field", "reply_to: no such message")
+            elif o.attachment is not None:
+                att = yield from _attachment_for_message(o.attachment, o.actor)
+                if att is None:
+                    err = ("not_found", "attachment: no such upload of yours")
+                else:
+                    kind = att["kind"]
+                    extra["attachment"] = att
         else:  # group operations
             target = None
             if c["kind"] != "group":
@@ -960,6 +975,11 @@ def _apply_ops_tx(d: Dialect, ops: list[Op], limits: dict[str, int]) -> Tx[list[
         row = (o.conv, seq, o.actor, o.cid, kind, body, target, ej, ts, None, None)
         msg_rows.append(row)
         res.event = event_from_row(row)
+        if "attachment" in extra:
+            a = extra["attachment"]
+            for aid in (a["id"], a.get("thumb"), a.get("poster")):
+                if aid:
+                    ref_rows.append((aid, o.conv, seq))
         if key is not None:
             seen[key] = res.event
         if (o.conv, o.actor) in roles:
@@ -981,6 +1001,13 @@ def _apply_ops_tx(d: Dialect, ops: list[Op], limits: dict[str, int]) -> Tx[list[
     if msg_rows:
         yield Q(
             f"INSERT INTO messages ({MSG_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", msg_rows, many=True
+        )
+    if ref_rows:
+        yield Q(
+            f"{d.insert_ignore} INTO attachment_refs (attachment_id, conversation_id, seq) "
+            "VALUES (?,?,?)",
+            ref_rows,
+            many=True,
         )
     for text, ets, conv, seq in edits:
         yield Q(
@@ -1019,3 +1046,87 @@ def _apply_ops_tx(d: Dialect, ops: list[Op], limits: dict[str, int]) -> Tx[list[
             (seq, seq, conv, user, seq),
         )
     return results
+
+
+# ---- attachments (docs/protocol.md, "Attachments") ---------------------------------------------
+ATT_COLS = "id, uploader_id, kind, name, mime, size, sha256, meta, parent_id, created_at"
+
+
+def attachment_public(r: Sequence[Any]) -> dict[str, Any]:
+    """An attachments row as clients see it (in messages and upload answers)."""
+    out: dict[str, Any] = {
+        "id": r[0],
+        "kind": r[2],
+        "name": r[3],
+        "mime": r[4],
+        "size": r[5],
+        "sha256": r[6],
+    }
+    if r[7]:
+        out.update(json.loads(r[7]))
+    return out
+
+
+def _attachment_for_message(aid: str, actor: int) -> Tx[dict[str, Any] | None]:
+    r = yield Q(f"SELECT {ATT_COLS} FROM attachments WHERE id=?", (aid,), "one")
+    if r is None or r[1] != actor or r[8] is not None:
+        return None
+    return attachment_public(r)
+
+
+class AttachmentStore:
+    """Attachment rows on top of a Store (kept apart so the message path stays small)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def create(self, row: dict[str, Any]) -> None:
+        vals = (
+            row["id"],
+            row["uploader_id"],
+            row["kind"],
+            row["name"],
+            row["mime"],
+            row["size"],
+            row["sha256"],
+            json.dumps(row["meta"], separators=(",", ":")) if row.get("meta") else None,
+            row.get("parent_id"),
+            row.get("created_at") or now_ms(),
+        )
+
+        def tx(d: Dialect) -> Tx[None]:
+            yield Q(f"INSERT INTO attachments ({ATT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)", vals)
+
+        self.store.wrote(row["uploader_id"])
+        await self.store.run(tx)
+
+    async def get(self, aid: str) -> tuple[Any, ...] | None:
+        def tx(d: Dialect) -> Tx[Any]:
+            return (yield Q(f"SELECT {ATT_COLS} FROM attachments WHERE id=?", (aid,), "one"))
+
+        r = await self.store.run(tx, write=False)
+        return tuple(r) if r is not None else None
+
+    async def readable(self, aid: str, user: int) -> tuple[Any, ...] | None:
+        """The row when `user` may download it: the uploader, or a current member of a
+        conversation with a message that references it (a thumbnail or poster counts as its
+        parent's). None otherwise, indistinguishable from an unknown id."""
+
+        def tx(d: Dialect) -> Tx[Any]:
+            r = yield Q(f"SELECT {ATT_COLS} FROM attachments WHERE id=?", (aid,), "one")
+            if r is None:
+                return None
+            if r[1] == user:
+                return r
+            ok = yield Q(
+                "SELECT 1 FROM attachment_refs a JOIN members m "
+                "ON m.conversation_id = a.conversation_id "
+                "WHERE a.attachment_id=? AND m.user_id=? LIMIT 1",
+                (aid, user),
+                "one",
+            )
+            return r if ok else None
+
+        # from the primary: a recipient may ask right after the message was sent
+        r = await self.store.run(tx, write=False)
+        return tuple(r) if r is not None else None

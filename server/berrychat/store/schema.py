@@ -170,6 +170,52 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
             ],
         },
     ),
+    (
+        3,
+        "attachments: uploaded files and the messages that reference them",
+        {
+            "sqlite": [
+                """CREATE TABLE IF NOT EXISTS attachments (
+                    id TEXT PRIMARY KEY,
+                    uploader_id INTEGER NOT NULL,
+                    kind TEXT NOT NULL,
+                    name TEXT NOT NULL DEFAULT '',
+                    mime TEXT NOT NULL,
+                    size INTEGER NOT NULL,
+                    sha256 TEXT NOT NULL,
+                    meta TEXT,
+                    parent_id TEXT,
+                    created_at INTEGER NOT NULL) WITHOUT ROWID""",
+                "CREATE INDEX IF NOT EXISTS attachments_sha ON attachments (sha256)",
+                """CREATE TABLE IF NOT EXISTS attachment_refs (
+                    attachment_id TEXT NOT NULL,
+                    conversation_id INTEGER NOT NULL,
+                    seq INTEGER NOT NULL,
+                    PRIMARY KEY (attachment_id, conversation_id, seq)) WITHOUT ROWID""",
+            ],
+            "mysql": [
+                """CREATE TABLE IF NOT EXISTS attachments (
+                    id VARCHAR(32) NOT NULL PRIMARY KEY,
+                    uploader_id BIGINT NOT NULL,
+                    kind VARCHAR(16) NOT NULL,
+                    name VARCHAR(255) NOT NULL DEFAULT '',
+                    mime VARCHAR(100) NOT NULL,
+                    size BIGINT NOT NULL,
+                    sha256 CHAR(64) NOT NULL,
+                    meta TEXT NULL,
+                    parent_id VARCHAR(32) NULL,
+                    created_at BIGINT NOT NULL,
+                    KEY attachments_sha (sha256))"""
+                + _MYSQL_TAIL,
+                """CREATE TABLE IF NOT EXISTS attachment_refs (
+                    attachment_id VARCHAR(32) NOT NULL,
+                    conversation_id BIGINT NOT NULL,
+                    seq BIGINT NOT NULL,
+                    PRIMARY KEY (attachment_id, conversation_id, seq))"""
+                + _MYSQL_TAIL,
+            ],
+        },
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -1,0 +1,1 @@
+"""Attachments: storage, content sniffing, images (Pillow), audio durations, video posters."""
