@@ -59,6 +59,7 @@ class Device:
     reconnects: list[tuple[str, float]] = field(default_factory=list)
     close_codes: Counter = field(default_factory=Counter)
     hello_failures: int = 0
+    sent_count: int = 0
 
 
 class ChatLoad:
@@ -187,9 +188,9 @@ class ChatLoad:
 
     async def _send_loop(self, dev: Device) -> None:
         convs = self.user_convs[dev.user_id]
-        n = 0
         while self._sending:
-            n += 1
+            dev.sent_count += 1  # cids stay unique across phases (a reused cid is a resend)
+            n = dev.sent_count
             s = Sent(f"{dev.name}#{n}", convs[n % len(convs)], self.phase, dev.user_id)
             self.sent.append(s)
             await self._send_one(dev, s)
