@@ -78,6 +78,11 @@ class Server:
 
         self.calls = CallManager(settings, self.chat, self.hub, self.metrics)
         self.gateway.calls = self.calls
+        from .assistant.bot import Assistant
+
+        self.assistant = (
+            Assistant(settings, self.chat, self.metrics) if settings.ai.enabled else None
+        )
         from .http.uploads import MediaHttp
         from .media.service import MediaService
 
@@ -236,6 +241,8 @@ class Server:
             self.chat.use_state(self.state)
             self.calls.use_redis(redis_client, self.settings.redis.prefix)
         self.calls.start()
+        if self.assistant is not None:
+            await self.assistant.start()
         loop = asyncio.get_running_loop()
         s = self.settings.server
         self._server = await loop.create_server(
@@ -299,6 +306,8 @@ class Server:
         if self._server is not None:
             self._server.close()
         await self.calls.stop()  # end the calls owned here (recorded while commits still run)
+        if self.assistant is not None:
+            await self.assistant.stop()
         # 1. stop taking new work, 2. commit and acknowledge what was accepted,
         # 3. close every WebSocket with 1001 ("reconnect elsewhere").
         self.gateway.quiesce()

@@ -108,6 +108,8 @@ class ChatService:
         )
         # called with request-to-fan-out seconds per stream op (metrics), when set
         self.observe_fanout: Callable[[float], None] | None = None
+        # called with every committed event and its recipients (bots' webhooks, the assistant)
+        self.event_hooks: list[Callable[[dict[str, Any], Sequence[int]], None]] = []
         self.state = LocalState()
         self.presence.state = self.state
         self.accounts.state = self.state
@@ -228,6 +230,11 @@ class ChatService:
             if r.members_changed:
                 self.peers.forget(targets)
             self.sink.publish(targets, encode({"type": "msg", **r.event}))
+            for hook in self.event_hooks:
+                try:
+                    hook(r.event, targets)
+                except Exception:
+                    log.exception("event hook failed")
         if self.observe_fanout is not None:
             now = time.perf_counter()
             for op in ops:
