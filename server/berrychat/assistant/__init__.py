@@ -1,0 +1,1 @@
+"""The built-in AI assistant (docs/protocol.md, "Assistant")."""

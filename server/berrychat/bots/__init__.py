@@ -1,0 +1,1 @@
+"""Bot accounts, their HTTP API and outgoing webhooks (docs/protocol.md, "Bots")."""

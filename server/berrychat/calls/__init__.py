@@ -1,0 +1,1 @@
+"""1:1 call signalling (docs/protocol.md, "Calls")."""
