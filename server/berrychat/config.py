@@ -403,6 +403,8 @@ def load(
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(str(path), f"cannot read file: {e.strerror}")
+    except UnicodeDecodeError as e:  # found by fuzzing: was a traceback, not one clear line
+        raise ConfigError(str(path), f"not UTF-8 text (byte {e.start})")
     try:
         raw = json.loads(text)
     except ValueError as e:
