@@ -31,7 +31,7 @@ async def main(args: argparse.Namespace) -> int:
     if missing:
         print(f"not installed: {missing}", file=sys.stderr)
         return 2
-    cluster = Cluster(args.servers)
+    cluster = Cluster(args.servers, uploads_limit_bytes=1 << 20)
     t0 = time.monotonic()
     try:
         await asyncio.to_thread(cluster.start)

@@ -193,6 +193,7 @@ class ServeProcess:
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 env={k: v for k, v in os.environ.items() if not k.startswith("BERRYCHAT_")},
+                cwd=self.config.parent,  # nothing lands in the caller's working directory
             )
         deadline = time.monotonic() + timeout
         wait_tcp(self.port, deadline, self.proc)
@@ -320,7 +321,9 @@ http {{
 class Cluster:
     """MariaDB + Redis + `n` serve processes + nginx, all private, all on loopback."""
 
-    def __init__(self, n_servers: int = 3, root: Path | None = None) -> None:
+    def __init__(
+        self, n_servers: int = 3, root: Path | None = None, uploads_limit_bytes: int = 0
+    ) -> None:
         self.root = Path(root or tempfile.mkdtemp(prefix="berrychat-cluster-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.n = n_servers
@@ -329,6 +332,9 @@ class Cluster:
         self.dbname = "berrychat_faults"
         self.servers: list[ServeProcess] = []
         self.nginx: Nginx | None = None
+        self.uploads_dir = self.root / "uploads"
+        self.uploads_limit = uploads_limit_bytes
+        self.uploads_mounted = False
 
     @staticmethod
     def available() -> str | None:
@@ -373,9 +379,25 @@ class Cluster:
                 "registrations_per_ip": 0,
             },
             "presence": {"throttle_seconds": 1},
+            "uploads": {"dir": str(self.uploads_dir)},
         }
 
+    def _mount_uploads(self) -> None:
+        """A size-limited tmpfs as the uploads directory, so that a test can fill it (needs
+        root and mount permission; without them the uploads fault is skipped)."""
+        self.uploads_dir.mkdir(exist_ok=True)
+        if not self.uploads_limit or os.geteuid() != 0:
+            return
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={self.uploads_limit},mode=0750", "tmpfs"]
+            + [str(self.uploads_dir)],
+            capture_output=True,
+            timeout=30,
+        )
+        self.uploads_mounted = r.returncode == 0
+
     def start(self) -> None:
+        self._mount_uploads()
         self.mariadb.install()
         self.mariadb.start()
         self.mariadb.create_database(self.dbname)
@@ -462,6 +484,9 @@ class Cluster:
             s.stop()
         self.redis.stop()
         self.mariadb.stop()
+        if self.uploads_mounted:
+            subprocess.run(["umount", str(self.uploads_dir)], capture_output=True, timeout=30)
+            self.uploads_mounted = False
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

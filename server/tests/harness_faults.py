@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,13 @@ from typing import Any
 from harness_cluster import Cluster, http_get
 from harness_load import ChatLoad, table
 
+from berrychat.client import http_json
+
 # metric keys whose change across a phase is evidence of a fault
 EVIDENCE_METRICS = (
     "berrychat_redis_errors_total",
     'berrychat_errors_total{code="unavailable"}',
+    'berrychat_errors_total{code="storage_full"}',
     "berrychat_connections",
 )
 
@@ -61,13 +66,46 @@ async def _restart_victim(cluster: Cluster) -> None:
     await asyncio.to_thread(cluster.restart_server, 1)
 
 
-FAULTS: dict[str, Callable[[Cluster], Any]] = {
-    "kill -9 one server process": _kill9,
-    "restart Redis": lambda c: asyncio.to_thread(c.restart_redis, 1.0),
-    "restart MariaDB (primary)": lambda c: asyncio.to_thread(c.restart_mariadb, 1.0),
-    "nginx reload": lambda c: asyncio.to_thread(c.reload_nginx),
-    "nginx restart": lambda c: asyncio.to_thread(c.restart_nginx, 1.0),
+async def _fill_uploads(cluster: Cluster, load: ChatLoad) -> dict[str, Any]:
+    """Upload distinct 64 KiB files through nginx until the (size-limited) uploads filesystem
+    is full; every answer must be 201 or 507 storage_full, and nothing partial may remain."""
+    token = load.devices[0].token
+    statuses: Counter = Counter()
+    full_in_a_row = 0
+    for i in range(200):  # bounded: a 1 MiB tmpfs holds ~15 of them
+        body = os.urandom(64 * 1024)
+        st, r = await http_json(
+            "127.0.0.1",
+            cluster.port,
+            "POST",
+            f"/api/v1/uploads?name=f{i}.bin",
+            raw_body=body,
+            token=token,
+            timeout=20,
+        )
+        code = r.get("error", {}).get("code") if isinstance(r, dict) else None
+        statuses[f"{st} {code or ''}".strip()] += 1
+        full_in_a_row = full_in_a_row + 1 if st == 507 else 0
+        if full_in_a_row >= 3:
+            break
+    tmp = cluster.uploads_dir / "tmp"
+    leftovers = len(list(tmp.iterdir())) if tmp.is_dir() else 0
+    return {"upload_answers": dict(statuses), "partial_files_left": leftovers}
+
+
+FAULTS: dict[str, Callable[[Cluster, ChatLoad], Any]] = {
+    "kill -9 one server process": lambda c, _: _kill9(c),
+    "restart Redis": lambda c, _: asyncio.to_thread(c.restart_redis, 1.0),
+    "restart MariaDB (primary)": lambda c, _: asyncio.to_thread(c.restart_mariadb, 1.0),
+    "nginx reload": lambda c, _: asyncio.to_thread(c.reload_nginx),
+    "nginx restart": lambda c, _: asyncio.to_thread(c.restart_nginx, 1.0),
+    "uploads filesystem full": _fill_uploads,
 }
+
+
+def default_faults(cluster: Cluster) -> list[str]:
+    """Every fault this cluster can take (filling uploads needs the size-limited mount)."""
+    return [f for f in FAULTS if f != "uploads filesystem full" or cluster.uploads_mounted]
 
 
 def _evidence(
@@ -93,6 +131,13 @@ def _evidence(
             ev.append(f"metrics: {k} +{deltas[k]:g}")
         ev += _grep(lines, servers, "database", "mariadb", "mysql")[:2]
         ev += _grep(lines, ("mariadb",), "shutdown complete", "ready for connections")[:2]
+    elif fault.startswith("uploads"):
+        k = 'berrychat_errors_total{code="storage_full"}'
+        if deltas.get(k, 0) > 0:
+            ev.append(f"metrics: {k} +{deltas[k]:g}")
+        ans = info.get("upload_answers", {})
+        if any(a.startswith("507") for a in ans):
+            ev.append(f"uploads answered {ans}")
     elif fault.startswith("nginx"):
         ev += _grep(lines, ("nginx",), "reconfiguring", "signal", "exiting", "start worker")[:3]
         if info.get("accepts_delta", 0) > 0:
@@ -113,7 +158,7 @@ async def run_plan(
     """Run each fault `rounds` times; return one row per fault occurrence."""
     rows: list[dict[str, Any]] = []
     for rnd in range(rounds):
-        for fault in faults or list(FAULTS):
+        for fault in faults or default_faults(cluster):
             phase = fault if rounds == 1 else f"{fault} (round {rnd + 1})"
             load.phase = phase
             load.reset_counters()
@@ -125,7 +170,7 @@ async def run_plan(
             await asyncio.sleep(before_s)
             t0 = time.monotonic()
             log(f"[{phase}] injecting")
-            info = await FAULTS[fault](cluster) or {}
+            info = await FAULTS[fault](cluster, load) or {}
             await asyncio.sleep(0.5)
             await load.wait_all_connected(60)
             recovered = time.monotonic() - t0

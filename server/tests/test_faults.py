@@ -3,7 +3,8 @@
 A private MariaDB, a private redis-server, three `berrychat serve` processes sharing them and a
 private nginx (least_conn, WebSocket proxying) in front; 6 users with 2 devices each chat through
 nginx while these faults are injected one after the other: kill -9 of one server process, a Redis
-restart, a MariaDB restart, an nginx reload and an nginx restart. After each: every message
+restart, a MariaDB restart, an nginx reload, an nginx restart, and uploads until the uploads
+filesystem (a 1 MiB tmpfs, when the test may mount one) is full. After each: every message
 acknowledged to its sender is held by every member device exactly once after resync, in
 per-conversation order with no holes; nothing was stored twice; every device reconnected within
 the documented backoff; and the fault is visible in the metrics or the logs.
@@ -26,7 +27,7 @@ def cluster(tmp_path: Path):
     missing = Cluster.available()
     if missing:
         pytest.skip(f"not installed: {missing}")
-    c = Cluster(3, root=tmp_path / "cluster")
+    c = Cluster(3, root=tmp_path / "cluster", uploads_limit_bytes=1 << 20)
     try:
         c.start()
     except Exception:
@@ -56,3 +57,11 @@ async def test_faults_under_load(cluster: Cluster, tmp_path: Path) -> None:
         # the outage; the outages here last about 1 s
         assert r["reconnect_max"] < 15.0, r
         assert r["evidence"], f"{r['fault']}: no trace in metrics or logs"
+    full = [r for r in rows if r["fault"] == "uploads filesystem full"]
+    if not cluster.uploads_mounted:
+        print("uploads filesystem full: skipped (no permission to mount a size-limited tmpfs)")
+    for r in full:
+        answers = r["info"]["upload_answers"]
+        assert set(answers) <= {"201", "507 storage_full"}, answers
+        assert answers.get("507 storage_full", 0) >= 3 and answers.get("201", 0) > 0, answers
+        assert r["info"]["partial_files_left"] == 0
