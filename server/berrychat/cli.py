@@ -153,6 +153,54 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bot(args: argparse.Namespace) -> int:
+    """bot add|list|remove|token: bot accounts and their API tokens (docs/server.md)."""
+    from .bots.service import BotAdmin
+
+    settings = _settings(args)
+
+    async def go(store: Store) -> str:
+        await store.migrate()
+        admin = BotAdmin(store)
+        if args.action == "add":
+            r = await admin.add(
+                args.username,
+                args.display_name or "",
+                args.webhook_url or "",
+                args.events,
+            )
+            lines = [
+                f"created bot {r['bot']['username']} (id {r['bot']['id']})",
+                f"token: {r['token']}",
+                f"webhook secret: {r['webhook_secret']}",
+                "(shown once: store them now)",
+            ]
+            return "\n".join(lines)
+        if args.action == "list":
+            bots = await admin.list()
+            if args.json:
+                return json.dumps(bots, indent=2)
+            rows = [
+                f"{b['username']}\t{b['id']}\t{','.join(b['events'])}\t"
+                f"{b['webhook_url'] or '-'}\t{'token' if b['has_token'] else 'no token'}"
+                for b in bots
+            ]
+            return "\n".join(rows) if rows else "no bots"
+        if args.action == "remove":
+            await admin.remove(args.username)
+            return f"removed bot {args.username}; its token no longer works"
+        if args.action == "token":
+            return f"token: {await admin.new_token(args.username)} (the previous one is revoked)"
+        raise AssertionError(args.action)
+
+    try:
+        print(_run(_with_store(settings, go)))
+    except ChatError as e:
+        print(f"error: {e.code}: {e.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="berrychat", description="BerryChat instant-messaging server")
     p.add_argument("--version", action="version", version=f"berrychat {__version__}")
@@ -191,6 +239,22 @@ def build_parser() -> argparse.ArgumentParser:
             x.add_argument("--admin", action="store_true", help="give the admin role")
             x.add_argument("--display-name")
     u.set_defaults(fn=cmd_user)
+
+    b = sub.add_parser("bot", help="manage bot accounts and their API tokens")
+    b.add_argument("--config", "-c")
+    bsub = b.add_subparsers(dest="action", required=True)
+    x = bsub.add_parser("add", help="create a bot; prints its API token and webhook secret")
+    x.add_argument("username")
+    x.add_argument("--display-name")
+    x.add_argument("--webhook-url", help="POST signed events here (http:// or https://)")
+    x.add_argument("--events", default="messages,mentions", help="messages,mentions")
+    x = bsub.add_parser("list", help="list bots")
+    x.add_argument("--json", action="store_true")
+    x = bsub.add_parser("remove", help="delete a bot's token and disable its account")
+    x.add_argument("username")
+    x = bsub.add_parser("token", help="issue a new API token (revokes the previous one)")
+    x.add_argument("username")
+    b.set_defaults(fn=cmd_bot)
 
     from .bench import add_parser
 

@@ -83,6 +83,12 @@ class Server:
         self.assistant = (
             Assistant(settings, self.chat, self.metrics) if settings.ai.enabled else None
         )
+        from .bots.http import routes as bot_routes
+        from .bots.service import BotService
+
+        self.bots = BotService(settings, self.chat, self.hub, self.metrics)
+        if settings.bots.enabled:
+            self.api.routes.extend(bot_routes(self.api, self.bots))
         from .http.uploads import MediaHttp
         from .media.service import MediaService
 
@@ -243,6 +249,8 @@ class Server:
         self.calls.start()
         if self.assistant is not None:
             await self.assistant.start()
+        if self.settings.bots.enabled:
+            await self.bots.start()
         loop = asyncio.get_running_loop()
         s = self.settings.server
         self._server = await loop.create_server(
@@ -308,6 +316,7 @@ class Server:
         await self.calls.stop()  # end the calls owned here (recorded while commits still run)
         if self.assistant is not None:
             await self.assistant.stop()
+        await self.bots.stop()
         # 1. stop taking new work, 2. commit and acknowledge what was accepted,
         # 3. close every WebSocket with 1001 ("reconnect elsewhere").
         self.gateway.quiesce()
