@@ -127,7 +127,15 @@ def test_up_is_one_for_every_expected_target(mon):
         ups = {(r["metric"]["job"], r["metric"]["instance"]): r["value"][1] for r in result}
         return ups if set(ups) == expected_targets() and set(ups.values()) == {"1"} else None
 
-    assert wait_for(all_up), api(mon, "/api/v1/query", query="up")["result"]
+    if wait_for(all_up):
+        return
+    result = api(mon, "/api/v1/query", query="up")["result"]
+    ups = {(r["metric"]["job"], r["metric"]["instance"]): r["value"][1] for r in result}
+    want = expected_targets()
+    pytest.fail(
+        f"missing: {sorted(want - set(ups))}; unexpected: {sorted(set(ups) - want)}; "
+        f"not 1: {sorted(k for k, v in ups.items() if v != '1')}"
+    )
 
 
 def test_berrychat_instances_metrics_are_scraped(mon):
