@@ -27,6 +27,8 @@ help:
 	@echo "make test-molecule [SCENARIOS='a b']  Molecule scenarios"
 	@echo "make images       build the virtual Pi images (arm64 and native)"
 	@echo "make bench [SCENARIO=idle|fanout|direct|storm]  load benchmarks (table + bench/results/)"
+	@echo "make fuzz         fuzz the parsers, config loader and HTTP handlers (>= 100,000 inputs)"
+	@echo "make soak         faults under load on a real cluster, several rounds (bench/soak.py)"
 
 # Controller virtualenv: pinned tools (requirements/controller.lock) + the server package.
 $(BIN)/.stamp: requirements/controller.in requirements/controller.lock server/pyproject.toml
@@ -68,6 +70,20 @@ test: lint test-server test-browser test-molecule
 # bench/results/ (see bench/README.md). Not part of `make test`: figures, not pass/fail.
 bench: venv
 	$(BIN)/berrychat bench --scenario $(or $(SCENARIO),all)
+
+# Fuzzing at full size with a fixed seed (make test runs a small derandomized sample of the same
+# tests): WebSocket and JSON frame parsers, config loader, HTTP parser and handlers, live sockets.
+.PHONY: fuzz soak
+FUZZ_TESTS := $(wildcard server/tests/test_fuzz_*.py)
+fuzz: venv
+	@report=$$(mktemp); \
+	BERRYCHAT_FUZZ=full BERRYCHAT_FUZZ_REPORT=$$report $(BIN)/python -m pytest -q -s $(FUZZ_TESTS); \
+	status=$$?; $(BIN)/python server/tests/harness_fuzz.py $$report; rm -f $$report; exit $$status
+
+# Faults under load, long version of server/tests/test_faults.py: private MariaDB, Redis, three
+# server processes and nginx on loopback; table + JSON under bench/results/. SOAK_ARGS="--rounds 5"
+soak: venv
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 demo: venv images
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh up

@@ -114,3 +114,21 @@ def mutations(samples: Iterable[bytes], rng: Any, n: int) -> Iterable[bytes]:
             else:
                 del b[i:]
         yield bytes(b)
+
+
+def summarize(path: str) -> str:
+    """The per-target counts of a `make fuzz` run and their total (the Makefile prints it)."""
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    width = max((len(r["target"]) for r in rows), default=6)
+    lines = [f"{'target':<{width}}  {'inputs':>8}  slowest"]
+    for r in rows:
+        lines.append(f"{r['target']:<{width}}  {r['inputs']:>8}  {r['slowest_ms']} ms")
+    lines.append(f"{'total':<{width}}  {sum(r['inputs'] for r in rows):>8}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(summarize(sys.argv[1]))
