@@ -260,7 +260,16 @@ _values = st.recursive(
     | st.integers(-(2**64), 2**64)
     | st.text(max_size=20)
     | st.sampled_from(
-        ["group", "direct", "admin", "user", "member", PASSWORD, "http://127.0.0.1:1/h"]
+        [
+            "group",
+            "direct",
+            "admin",
+            "user",
+            "member",
+            PASSWORD,
+            "http://127.0.0.1:1/h",
+            "abcdefghij",
+        ]
     ),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=2)
@@ -379,3 +388,30 @@ def test_fuzz_http_handlers(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
         with contextlib.suppress(Exception):
             loop.run_until_complete(t.server.stop(drain_seconds=0.2))
         loop.close()
+
+
+async def test_bot_post_without_text_is_refused_not_a_crash(tmp_path: Path) -> None:
+    """Regression (found by the handler fuzzer): the bot API passed `msg.send` validation with an
+    `attachment` and no `text`, then read `text` and answered 500 internal."""
+    t = await _start(tmp_path)
+    try:
+        if "bot" not in t.tokens:
+            pytest.skip("this build has no bots")
+        h, p = "127.0.0.1", t.port
+        st, r = await http_json(
+            h,
+            p,
+            "POST",
+            "/api/v1/conversations",
+            {"kind": "group", "members": ["robo"]},
+            token=t.tokens["member"],
+        )
+        path = f"/api/v1/bot/conversations/{r['conv']}/messages"
+        st, r = await http_json(
+            h, p, "POST", path, {"attachment": "abcdefghij"}, token=t.tokens["bot"]
+        )
+        assert st == 400 and r["error"]["code"] == "bad_field", (st, r)
+        st, r = await http_json(h, p, "POST", path, {"text": "hi"}, token=t.tokens["bot"])
+        assert st == 200, r
+    finally:
+        await t.server.stop(drain_seconds=0.2)

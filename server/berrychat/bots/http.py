@@ -61,6 +61,8 @@ def routes(api: Any, bots: BotService) -> list[tuple[str, re.Pattern[str], Any, 
             f = validate("msg.send", b, max_text=max_text)
         except FrameError as e:
             raise ChatError(e.code, e.message)
+        if "text" not in f:  # msg.send also takes an attachment alone; the bot API does not
+            raise ChatError("bad_field", "text: required (bots send text)")
         r = await bots.post(
             bot,
             f["conv"],
