@@ -35,7 +35,9 @@ def _open(path: str, mime: str, max_pixels: int) -> Image.Image:
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         im = Image.open(path, formats=[FORMATS[mime]])
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, KeyError) as e:
+    except Image.DecompressionBombError:
+        raise BadImage(f"more pixels than the limit of {max_pixels}")
+    except (UnidentifiedImageError, OSError, KeyError) as e:
         raise BadImage(f"not a decodable {mime}: {e}")
     w, h = im.size
     if w <= 0 or h <= 0 or w * h > max_pixels:
