@@ -130,8 +130,8 @@ def test_two_people_chat(pages: Pages, server: ServerProcess) -> None:
         assert s == sorted(set(s)), s
     screenshot(ann_page, "chat")
 
-    # The attach button is there but honestly disabled until the media feature exists.
-    expect(ann_page.get_by_role("button", name=re.compile("Attach"))).to_be_disabled()
+    # Attachments (test_media.py): the composer offers them.
+    expect(ann_page.get_by_role("button", name=re.compile("Attach"))).to_be_enabled()
 
     # A phone-sized screen: one pane at a time, with a way back.
     phone = pages.new(viewport={"width": 390, "height": 760}, is_mobile=True, has_touch=True)

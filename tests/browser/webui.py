@@ -30,6 +30,11 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # A fake microphone (and camera) for voice messages, granted without a prompt; media may
+    # play without a user gesture (the played receipt test starts playback from a script).
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
 ]
 # Generous: the shared 2-core test machine is often loaded.
 TIMEOUT_MS = 30_000
@@ -54,6 +59,8 @@ class ServerProcess:
                     # Cheap hashes for tests (same keys as production, see docs/server.md).
                     "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 64},
                     "presence": {"throttle_seconds": 0.2},
+                    # Small file limit: the refusal test stays cheap (test_media.py).
+                    "uploads": {"max_file_bytes": 2_000_000},
                     # Every test user comes from 127.0.0.1: no per-IP/per-user rate limits.
                     "limits": {
                         "registrations_per_ip": 0,

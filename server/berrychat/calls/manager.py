@@ -112,10 +112,6 @@ class CallManager:
         if not self.cfg.enabled:
             raise ChatError("forbidden", "calls are disabled on this server")
         user, device = conn.user_id, conn.device_id
-        # signalling counts against the message rate limits (relaying is not free)
-        err = self.chat.rates.message(user, getattr(conn, "peer", ""))
-        if err is not None:
-            raise err
         if ftype == "call.ice_servers":
             return ice_servers(self.cfg, user)
         if ftype == "call.invite":

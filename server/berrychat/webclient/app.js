@@ -10,8 +10,7 @@
 // push that also arrives through history is applied once.
 
 import { api, ApiError, Socket } from './net.js';
-import { callText, onCallPush, setupCalls, updateCallButtons } from './calls.js';
-import { botBadge, onStreamPush, setupAssistant, streamDone } from './assistant.js';
+import { attachmentEl, mediaLabel, setupMedia, TEXTLIKE } from './media.js';
 
 const $ = (id) => document.getElementById(id);
 const EMOJI = ('😀 😂 😊 😍 🤔 😎 😢 😡 👍 👎 👏 🙏 💪 🎉 ❤️ 🔥 ✅ ❌ ⭐ ☕ 🍓 🥧 🚀 👀 ' +
@@ -414,10 +413,10 @@ async function fill(c) {
 // ---- pushes -----------------------------------------------------------------------------
 function onPush(f) {
   switch (f.type) {
-    case 'msg': onMsgPush(f); streamDone(f); break;
-    case 'msg.stream': onStreamPush(f); break;
+    case 'msg': onMsgPush(f); break;
     case 'receipt': onReceipt(f); break;
     case 'typing': onTyping(f); break;
+    case 'media.played': onPlayed(f); break;
     case 'presence':
       if (isInt(f.user) && typeof f.status === 'string') {
         S.presence.set(f.user, f.status);
@@ -425,9 +424,7 @@ function onPush(f) {
         if (S.current) renderHeader(S.convs.get(S.current));
       }
       break;
-    default:
-      if (typeof f.type === 'string' && f.type.startsWith('call.')) onCallPush(f);
-      break; // other unknown push types are ignored (protocol.md §16)
+    default: break; // unknown push types are ignored (protocol.md §16)
   }
 }
 
@@ -476,14 +473,13 @@ function applyEvent(ev, fromHistory) {
     if (S.current === c.id) renderMarks(c);
   }
   // Summary effects.
-  if (kind === 'text' && (!c.last_message || ev.seq >= c.last_message.seq)) c.last_message = ev;
+  if (TEXTLIKE.has(kind) && (!c.last_message || ev.seq >= c.last_message.seq)) c.last_message = ev;
   if (kind === 'edit' && c.last_message && c.last_message.seq === ev.target && !fromHistory) {
     c.last_message = { ...c.last_message, text: ev.text, edited_at: ev.ts };
   }
   if (kind === 'recall' && c.last_message && c.last_message.seq === ev.target) {
     c.last_message = { ...c.last_message, text: '', recalled: true };
   }
-  if (kind === 'call' && (!c.last_message || ev.seq >= c.last_message.seq)) c.last_message = ev;
   if (kind === 'rename' && typeof ev.title === 'string') c.title = ev.title;
   if (kind === 'create') {
     if (ev.conv_kind === 'direct' || ev.conv_kind === 'group') c.kind = ev.conv_kind;
@@ -501,7 +497,7 @@ function applyEvent(ev, fromHistory) {
   const old = c.msgs.get(ev.seq);
   if (old && !fromHistory) return; // a duplicate push: already applied
   const seen = !!old || ev.seq <= c.high;
-  if (kind === 'text') {
+  if (TEXTLIKE.has(kind)) {
     const m = old && fromHistory ? mergeHistory(old, ev) : { ...ev, reactions: copyReactions(ev) };
     c.msgs.set(ev.seq, m);
     if (m.from === S.me && m.cid && c.pending.has(m.cid)) dropPending(c, m.cid);
@@ -530,6 +526,7 @@ function mergeHistory(old, ev) {
   if (ev.recalled) {
     m.recalled = true;
     m.text = '';
+    delete m.attachment;
   }
   if (!m.recalled && isInt(ev.edited_at) && (!m.edited_at || ev.edited_at >= m.edited_at)) {
     m.text = ev.text;
@@ -539,13 +536,14 @@ function mergeHistory(old, ev) {
 }
 function applyToTarget(c, ev) {
   const t = c.msgs.get(ev.target);
-  if (!t || t.kind !== 'text') return;
+  if (!t || !TEXTLIKE.has(t.kind)) return;
   if (ev.kind === 'edit' && typeof ev.text === 'string' && !t.recalled) {
     t.text = ev.text;
     t.edited_at = ev.ts || Date.now();
   } else if (ev.kind === 'recall') {
     t.recalled = true;
     t.text = '';
+    delete t.attachment;
     t.reactions = {};
   } else if (ev.kind === 'react' && typeof ev.emoji === 'string' && isInt(ev.from)) {
     const list = (t.reactions[ev.emoji] || []).filter((u) => u !== ev.from);
@@ -698,9 +696,8 @@ function setPresence(status) {
 function lastLine(c) {
   const m = c.last_message;
   if (!m) return c.kind === 'group' ? 'Group created' : 'No messages yet';
-  if (m.kind === 'call') return callText(m, S.me);
   const who = m.from === S.me ? 'You: ' : (c.kind === 'group' ? userName(m.from) + ': ' : '');
-  return who + (m.recalled ? 'Message recalled' : m.text || '');
+  return who + (m.recalled ? 'Message recalled' : m.text || mediaLabel(m));
 }
 function presenceOf(c) {
   const p = peerId(c);
@@ -759,7 +756,6 @@ function closeConv() {
   $('chat-title').textContent = 'BerryChat';
   $('chat-sub').textContent = '';
   $('typing').textContent = '';
-  updateCallButtons(null);
   cancelReply();
   renderList();
 }
@@ -885,9 +881,7 @@ function renderHeader(c) {
     sub = `${c.members ? c.members.size : c.member_count} members`;
   }
   if (c.left) sub = 'You are no longer a member';
-  if (c.kind === 'direct' && c.peer && c.peer.bot) sub = 'bot';
   $('chat-sub').textContent = sub;
-  updateCallButtons(c);
 }
 
 function renderAll(c, toBottom = true) {
@@ -1011,7 +1005,6 @@ const SYSTEM_TEXT = {
   remove: (e) => `${userName(e.from)} removed ${userName(e.user)}`,
   leave: (e) => `${userName(e.user)} left`,
   role: (e) => `${userName(e.user)} is now ${e.role}`,
-  call: (e) => callText(e, S.me),
 };
 
 // A message that follows one by the same sender within 5 minutes shows no name again.
@@ -1020,7 +1013,7 @@ function continues(c, m) {
     const p = c.msgs.get(s);
     if (!p) return false;
     if (p.hidden) continue;
-    return p.kind === 'text' && p.from === m.from && (m.ts || 0) - (p.ts || 0) < 300000;
+    return TEXTLIKE.has(p.kind) && p.from === m.from && (m.ts || 0) - (p.ts || 0) < 300000;
   }
   return false;
 }
@@ -1041,14 +1034,18 @@ function msgEl(c, m) {
   if (!mine && c.kind === 'group') {
     bubble.append(el('div', { class: cont ? 'sr' : 'who', text: userName(m.from) }));
   }
-  if (m.bot && !mine) bubble.append(botBadge(m));
   if (m.reply_to) {
     const t = c.msgs.get(m.reply_to);
-    const q = t && t.kind === 'text'
-      ? `${userName(t.from)}: ${t.recalled ? 'Message recalled' : t.text}` : 'an earlier message';
+    const q = t && TEXTLIKE.has(t.kind)
+      ? `${userName(t.from)}: ${t.recalled ? 'Message recalled' : t.text || mediaLabel(t)}`
+      : 'an earlier message';
     bubble.append(el('blockquote', { class: 'quote', text: q, 'aria-label': 'In reply to ' + q }));
   }
-  bubble.append(el('div', { class: 'text', text: m.recalled ? 'Message recalled' : m.text }));
+  const att = !m.recalled && attachmentEl(c, m);
+  if (att) bubble.append(att);
+  if (m.recalled || m.text || !att) {
+    bubble.append(el('div', { class: 'text', text: m.recalled ? 'Message recalled' : m.text }));
+  }
   const meta = el('div', { class: 'meta' });
   if (m.edited_at && !m.recalled) meta.append(el('span', { class: 'edited', text: 'edited' }));
   meta.append(el('time', { text: when(m.ts), datetime: m.ts ? new Date(m.ts).toISOString() : undefined }));
@@ -1074,7 +1071,8 @@ function msgEl(c, m) {
   }
   if (m.seq && !m.recalled) {
     li.append(el('button', { type: 'button', class: 'icon more', text: '⋯', tabindex: '-1',
-      'aria-label': 'Actions for message: ' + (m.text || '').slice(0, 40), 'aria-haspopup': 'menu',
+      'aria-label': 'Actions for message: ' + (m.text || mediaLabel(m)).slice(0, 40),
+      'aria-haspopup': 'menu',
       onclick: (e) => openMenu(c, m, e.currentTarget) }));
   }
   return li;
@@ -1101,7 +1099,8 @@ function savePending() {
   const all = [];
   for (const c of S.convs.values()) {
     for (const p of c.pending.values()) {
-      all.push({ conv: c.id, cid: p.cid, text: p.text, reply_to: p.reply_to || 0, ts: p.ts });
+      all.push({ conv: c.id, cid: p.cid, text: p.text, reply_to: p.reply_to || 0, ts: p.ts,
+        attachment: p.attachment });
     }
   }
   const key = 'berrychat.pending.' + S.me;
@@ -1115,8 +1114,10 @@ function loadPending() {
   } catch { /* ignore */ }
   for (const p of Array.isArray(all) ? all : []) {
     if (!p || !isInt(p.conv) || typeof p.cid !== 'string' || typeof p.text !== 'string') continue;
-    conv(p.conv).pending.set(p.cid, { conv: p.conv, seq: 0, from: S.me, kind: 'text', cid: p.cid,
-      text: p.text, ts: p.ts || Date.now(), reply_to: p.reply_to || 0, reactions: {} });
+    const a = p.attachment && typeof p.attachment.id === 'string' ? p.attachment : undefined;
+    conv(p.conv).pending.set(p.cid, { conv: p.conv, seq: 0, from: S.me, kind: a ? a.kind : 'text',
+      cid: p.cid, text: p.text, ts: p.ts || Date.now(), reply_to: p.reply_to || 0, reactions: {},
+      attachment: a });
   }
 }
 function dropPending(c, cid) {
@@ -1136,12 +1137,15 @@ async function flushPending() {
       if (p.failed || sendingNow.has(p.cid)) continue;
       sendingNow.add(p.cid);
       try {
-        const fields = { conv: c.id, cid: p.cid, text: p.text };
+        const fields = { conv: c.id, cid: p.cid };
+        if (p.text) fields.text = p.text;
+        if (p.attachment) fields.attachment = p.attachment.id;
         if (p.reply_to) fields.reply_to = p.reply_to;
         const a = await S.sock.request('msg.send', fields);
         if (isInt(a.seq) && !c.msgs.has(a.seq)) {
-          const m = { conv: c.id, seq: a.seq, ts: a.ts, from: S.me, kind: 'text', cid: p.cid,
-            text: p.text, reply_to: p.reply_to || undefined, reactions: {} };
+          const m = { conv: c.id, seq: a.seq, ts: a.ts, from: S.me, kind: p.kind, cid: p.cid,
+            text: p.text, reply_to: p.reply_to || undefined, reactions: {},
+            attachment: p.attachment };
           dropPending(c, p.cid);
           applyEvent(m, false);
         } else {
@@ -1190,6 +1194,27 @@ function sendText() {
   stopTyping();
   renderPending(c, p);
   if (S.sock && S.sock.state === 'online') flushPending();
+}
+
+// An uploaded attachment becomes a pending message like a text (same cid on every resend).
+function sendAttachment(c, attachment) {
+  const p = { conv: c.id, seq: 0, from: S.me, kind: attachment.kind, cid: newCid(), text: '',
+    ts: Date.now(), reply_to: S.replyTo || 0, reactions: {}, attachment };
+  c.pending.set(p.cid, p);
+  savePending();
+  cancelReply();
+  renderPending(c, p);
+  if (S.sock && S.sock.state === 'online') flushPending();
+}
+
+// media.played (§17): the sender's devices mark the message played.
+function onPlayed(f) {
+  if (!isInt(f.conv) || !isInt(f.seq) || !isInt(f.user) || f.user === S.me) return;
+  const c = S.convs.get(f.conv);
+  const m = c && c.msgs.get(f.seq);
+  if (!m || m.from !== S.me) return;
+  m.played = true;
+  if (S.current === c.id) renderMsg(c, m.seq);
 }
 
 function react(c, seq, emoji, remove) {
@@ -1467,15 +1492,14 @@ function init() {
     setPresence(vis ? 'online' : 'away');
     if (vis && S.current) markReadSoon(S.convs.get(S.current));
   });
-  setupCalls({
+  setupMedia({
     conv: () => S.convs.get(S.current) || null,
-    sock: () => S.sock,
-    userName,
-  });
-  setupAssistant({
-    conv: () => S.convs.get(S.current) || null,
-    userName,
-    scrollToBottom: () => scrollToBottom(false),
+    token: () => (S.session ? S.session.token : ''),
+    me: () => S.me,
+    send: sendAttachment,
+    played: (c, m) => {
+      if (S.sock) S.sock.request('media.played', { conv: c.id, seq: m.seq }).catch(() => {});
+    },
   });
   S.session = loadSession();
   if (S.session) startApp();
