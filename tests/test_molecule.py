@@ -31,7 +31,12 @@ def _ci_arch(scenario: str) -> str:
 
 
 def _all_scenarios() -> list[str]:
-    return sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
+    """Every scenario, the slowest first (molecule/ci.yml `slowest_first`), then by name, so
+    parallel workers do not end with one long scenario running alone."""
+    ci = yaml.safe_load((ROOT / "molecule" / "ci.yml").read_text())
+    rank = {s: i for i, s in enumerate(ci.get("slowest_first") or [])}
+    names = (p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
+    return sorted(names, key=lambda s: (rank.get(s, len(rank)), s))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
