@@ -375,3 +375,29 @@ async def test_unusable_uploads_dir_gives_a_clear_error(sqlite_db, tmp_path):
     finally:
         await w.close()
         await w.server.stop(drain_seconds=0.5)
+
+
+# ---- the sans-I/O parser's streamed bodies -------------------------------------------------------
+def test_parser_streams_bodies_piecewise_and_caps_before_reading():
+    from berrychat.protocol.http11 import Body, HttpError, Request, RequestParser
+
+    p = RequestParser(max_body_bytes=10, stream=lambda r: 100 if r.path == "/up" else None)
+    head = b"POST /up HTTP/1.1\r\nContent-Length: 12\r\n\r\n"
+    ev = p.events(head + b"hello")
+    assert isinstance(ev[0], Request) and ev[0].streaming and ev[0].content_length == 12
+    assert ev[1] == Body(b"hello", False)
+    # the rest of the body, then a pipelined ordinary request in the same read
+    ev = p.events(b" world!GET /x HTTP/1.1\r\n\r\n")
+    assert ev[0] == Body(b" world!", True)
+    assert isinstance(ev[1], Request) and ev[1].path == "/x" and not ev[1].streaming
+    # an empty streamed body still ends
+    ev = p.events(b"POST /up HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    assert ev[1] == Body(b"", True)
+    # above the cap: refused from the head alone (no body byte read)
+    with pytest.raises(HttpError) as e:
+        p.events(b"POST /up HTTP/1.1\r\nContent-Length: 101\r\n\r\n")
+    assert e.value.status == 413
+    # not streamed: the ordinary limit applies
+    with pytest.raises(HttpError) as e:
+        RequestParser(max_body_bytes=10).feed(b"POST /a HTTP/1.1\r\nContent-Length: 11\r\n\r\n")
+    assert e.value.status == 413
