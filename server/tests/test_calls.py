@@ -201,6 +201,32 @@ async def test_disconnects(calls_world):
     assert ev["reason"] == "cancelled" and ev["call"] == call
 
 
+async def test_caller_hangs_up_and_shutdown_ends_calls(sqlite_db):
+    w = await start_world(make_settings(sqlite_db, calls={"ring_timeout_seconds": 30}))
+    stopped = False
+    try:
+        conv, ua, _, ann, bob = await _pair(w)
+        call = (await ann.request("call.invite", conv=conv, media="audio"))["call"]
+        await bob.next_event("call.incoming")
+        await bob.request("call.accept", call=call)
+        await ann.next_event("call.accepted")
+        await ann.request("call.hangup", call=call)
+        ev = await bob.next_event("call.ended")
+        assert ev["reason"] == "hangup" and ev["by"] == ua["id"] and ev["duration"] >= 0
+        # a ringing call owned by a server that shuts down ends for everyone
+        call = (await ann.request("call.invite", conv=conv))["call"]
+        await bob.next_event("call.incoming")
+        await w.server.stop(drain_seconds=0.5)
+        stopped = True
+        for c in (ann, bob):
+            ev = await c.next_event("call.ended")
+            assert ev["reason"] == "server_shutdown" and ev["call"] == call
+    finally:
+        await w.close()
+        if not stopped:
+            await w.server.stop(drain_seconds=0.5)
+
+
 async def test_refusals(calls_world):
     conv, _, _, ann, bob = await _pair(calls_world)
     _, _, cyd = await calls_world.user("cyd")
@@ -319,3 +345,18 @@ async def test_calls_across_processes_through_redis(sqlite_db, redis_server):
             await w.close()
         for srv in servers:
             await srv.stop(drain_seconds=0.2)
+
+
+async def test_signalling_is_rate_limited(sqlite_db):
+    w = await start_world(make_settings(sqlite_db, limits={"messages_per_user": 3}))
+    try:
+        _, _, c = await w.user("ann")
+        assert c is not None
+        for _ in range(3):
+            await c.request("call.ice_servers")
+        with pytest.raises(ClientError) as e:
+            await c.request("call.ice_servers")
+        assert e.value.code == "rate_limited"
+    finally:
+        await w.close()
+        await w.server.stop(drain_seconds=0.5)

@@ -151,7 +151,10 @@ class BotService(BotAdmin):
         hub.control_handlers["bots.changed"] = lambda msg: self._refresh_soon()
 
     async def start(self) -> None:
-        await self.refresh()
+        try:
+            await self.refresh()
+        except StoreError as e:  # e.g. the schema is not migrated yet: retried every 10 s
+            log.warning("bot list not loaded: %s", e)
         self.chat.event_hooks.append(self.on_event)
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
 

@@ -112,6 +112,10 @@ class CallManager:
         if not self.cfg.enabled:
             raise ChatError("forbidden", "calls are disabled on this server")
         user, device = conn.user_id, conn.device_id
+        # signalling counts against the message rate limits (relaying is not free)
+        err = self.chat.rates.message(user, getattr(conn, "peer", ""))
+        if err is not None:
+            raise err
         if ftype == "call.ice_servers":
             return ice_servers(self.cfg, user)
         if ftype == "call.invite":
@@ -381,11 +385,12 @@ class CallManager:
             self.busy.release(call.caller[0], call.id), self.busy.release(call.callee, call.id)
         )
         self.outcomes.inc(reason)
-        outcome = {
-            "timeout": "missed",
-            "cancelled": "missed",
-            "rejected": "rejected",
-        }.get(reason, "ended")
+        if reason == "rejected":
+            outcome = "rejected"
+        elif not call.answered:  # timeout, cancelled, or its server stopped while it rang
+            outcome = "missed"
+        else:
+            outcome = "ended"
         self._record(call, outcome, duration, reason=reason, by=by[0] if by else None)
 
     def _record(
