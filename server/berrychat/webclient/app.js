@@ -10,6 +10,8 @@
 // push that also arrives through history is applied once.
 
 import { api, ApiError, Socket } from './net.js';
+import { callText, onCallPush, setupCalls, updateCallButtons } from './calls.js';
+import { botBadge, onStreamPush, setupAssistant, streamDone } from './assistant.js';
 import { attachmentEl, mediaLabel, setupMedia, TEXTLIKE } from './media.js';
 
 const $ = (id) => document.getElementById(id);
@@ -413,7 +415,8 @@ async function fill(c) {
 // ---- pushes -----------------------------------------------------------------------------
 function onPush(f) {
   switch (f.type) {
-    case 'msg': onMsgPush(f); break;
+    case 'msg': onMsgPush(f); streamDone(f); break;
+    case 'msg.stream': onStreamPush(f); break;
     case 'receipt': onReceipt(f); break;
     case 'typing': onTyping(f); break;
     case 'media.played': onPlayed(f); break;
@@ -424,7 +427,9 @@ function onPush(f) {
         if (S.current) renderHeader(S.convs.get(S.current));
       }
       break;
-    default: break; // unknown push types are ignored (protocol.md §16)
+    default:
+      if (typeof f.type === 'string' && f.type.startsWith('call.')) onCallPush(f);
+      break; // other unknown push types are ignored (protocol.md §16)
   }
 }
 
@@ -480,6 +485,7 @@ function applyEvent(ev, fromHistory) {
   if (kind === 'recall' && c.last_message && c.last_message.seq === ev.target) {
     c.last_message = { ...c.last_message, text: '', recalled: true };
   }
+  if (kind === 'call' && (!c.last_message || ev.seq >= c.last_message.seq)) c.last_message = ev;
   if (kind === 'rename' && typeof ev.title === 'string') c.title = ev.title;
   if (kind === 'create') {
     if (ev.conv_kind === 'direct' || ev.conv_kind === 'group') c.kind = ev.conv_kind;
@@ -696,6 +702,7 @@ function setPresence(status) {
 function lastLine(c) {
   const m = c.last_message;
   if (!m) return c.kind === 'group' ? 'Group created' : 'No messages yet';
+  if (m.kind === 'call') return callText(m, S.me);
   const who = m.from === S.me ? 'You: ' : (c.kind === 'group' ? userName(m.from) + ': ' : '');
   return who + (m.recalled ? 'Message recalled' : m.text || mediaLabel(m));
 }
@@ -756,6 +763,7 @@ function closeConv() {
   $('chat-title').textContent = 'BerryChat';
   $('chat-sub').textContent = '';
   $('typing').textContent = '';
+  updateCallButtons(null);
   cancelReply();
   renderList();
 }
@@ -881,7 +889,9 @@ function renderHeader(c) {
     sub = `${c.members ? c.members.size : c.member_count} members`;
   }
   if (c.left) sub = 'You are no longer a member';
+  if (c.kind === 'direct' && c.peer && c.peer.bot) sub = 'bot';
   $('chat-sub').textContent = sub;
+  updateCallButtons(c);
 }
 
 function renderAll(c, toBottom = true) {
@@ -1005,6 +1015,7 @@ const SYSTEM_TEXT = {
   remove: (e) => `${userName(e.from)} removed ${userName(e.user)}`,
   leave: (e) => `${userName(e.user)} left`,
   role: (e) => `${userName(e.user)} is now ${e.role}`,
+  call: (e) => callText(e, S.me),
 };
 
 // A message that follows one by the same sender within 5 minutes shows no name again.
@@ -1034,6 +1045,7 @@ function msgEl(c, m) {
   if (!mine && c.kind === 'group') {
     bubble.append(el('div', { class: cont ? 'sr' : 'who', text: userName(m.from) }));
   }
+  if (m.bot && !mine) bubble.append(botBadge(m));
   if (m.reply_to) {
     const t = c.msgs.get(m.reply_to);
     const q = t && TEXTLIKE.has(t.kind)
@@ -1500,6 +1512,16 @@ function init() {
     played: (c, m) => {
       if (S.sock) S.sock.request('media.played', { conv: c.id, seq: m.seq }).catch(() => {});
     },
+  });
+  setupCalls({
+    conv: () => S.convs.get(S.current) || null,
+    sock: () => S.sock,
+    userName,
+  });
+  setupAssistant({
+    conv: () => S.convs.get(S.current) || null,
+    userName,
+    scrollToBottom: () => scrollToBottom(false),
   });
   S.session = loadSession();
   if (S.session) startApp();
