@@ -241,6 +241,11 @@ async def test_refusals(calls_world):
     with pytest.raises(ClientError) as e:
         await ann.request("call.invite", conv=conv, media="hologram")
     assert e.value.code == "bad_field"
+    await calls_world.server.store.create_user("robot", "!bot", "Robot", "bot")
+    to_bot = (await ann.request("conv.create", kind="direct", members=["robot"]))["conv"]
+    with pytest.raises(ClientError) as e:
+        await ann.request("call.invite", conv=to_bot)
+    assert e.value.code == "forbidden"
     call = (await ann.request("call.invite", conv=conv))["call"]
     with pytest.raises(ClientError) as e:  # no media before the answer
         await ann.request("call.sdp", call=call, sdp_type="offer", sdp="v=0")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, expect
-from webui import Pages, ServerProcess, login, message, send
+from webui import Pages, ServerProcess, login, message, screenshot, send
 
 TOKENS = ["A ", "Raspberry ", "Pi ", "is ", "a ", "small ", "single-board ", "computer."]
 ANSWER = "".join(TOKENS).strip()
@@ -107,6 +107,7 @@ def test_assistant_answers_a_mention_streaming(browser: Browser, ai_server: Serv
         expect(final).to_be_visible()
         expect(final.locator(".bot-badge")).to_be_visible()
         expect(streaming).to_have_count(0)
+        screenshot(page, "assistant")
         seen = [t for t in page.evaluate("window.__seen") if t != "…"]
         partial = [t for t in seen if t and ANSWER.startswith(t.strip()) and t.strip() != ANSWER]
         assert len(set(partial)) >= 2, seen  # it grew in place, piece by piece

@@ -10,7 +10,16 @@ from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Browser, expect
-from webui import CHROMIUM, FLAGS, Pages, ServerProcess, register, send, start_direct
+from webui import (
+    CHROMIUM,
+    FLAGS,
+    Pages,
+    ServerProcess,
+    register,
+    screenshot,
+    send,
+    start_direct,
+)
 
 MEDIA_FLAGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 
@@ -57,6 +66,7 @@ def test_video_call_connects_then_hang_up_and_decline(
                 " return v.srcObject && v.srcObject.getTracks().length > 0; }"
             )
 
+        screenshot(bob_page, "call")
         ann_page.get_by_role("button", name="Hang up").click()
         expect(bob_page.locator("#call-status")).to_have_text("Call ended")
         expect(ann_page.locator("#call-panel")).to_have_attribute("data-state", "ended")

@@ -247,10 +247,12 @@ class CallManager:
         detail = await self.chat.get_conversation(user, conv)
         if detail.get("kind") != "direct":
             raise ChatError("forbidden", "calls are 1:1: call from a direct conversation")
-        others = [m["user"] for m in detail.get("members", []) if m["user"] != user]
+        others = [m for m in detail.get("members", []) if m["user"] != user]
         if len(others) != 1:
             raise ChatError("not_found", "the other member of this conversation is gone")
-        callee = others[0]
+        if others[0].get("bot"):
+            raise ChatError("forbidden", "bots do not take calls")
+        callee = others[0]["user"]
         call_id = f"{self.pid}.{secrets.token_hex(8)}"
         if not await self.busy.claim(user, call_id):
             raise ChatError("busy", "you are already in a call")
