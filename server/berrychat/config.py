@@ -8,6 +8,7 @@ Environment variables `BERRYCHAT_<SECTION>__<KEY>` override file values, e.g.
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -320,7 +321,8 @@ def _coerce(key: str, f: dataclasses.Field, v: Any, from_env: bool) -> Any:
                 pass
         ok = isinstance(v, int) and not isinstance(v, bool)
         if t is float:
-            ok = ok or isinstance(v, float)
+            # NaN passes every range check ("nan" in the environment, NaN in a JSON file)
+            ok = ok or (isinstance(v, float) and math.isfinite(v))
         what = "integer" if t is int else "number"
         if lo is not None and hi is not None:
             what += f" {lo:g}-{hi:g}"

@@ -13,6 +13,7 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 from harness_fuzz import FULL, SEED, Counter, fuzz_settings, memory_growth, mutations
 from hypothesis import given
 from hypothesis import strategies as st
@@ -206,3 +207,19 @@ def test_non_utf8_config_file_is_one_clear_error(tmp_path: Path) -> None:
         assert "not UTF-8" in str(e) and str(path) in str(e)
     else:
         raise AssertionError("accepted a file that is not UTF-8")
+
+
+@pytest.mark.parametrize(
+    "raw,env",
+    [
+        ({}, {"BERRYCHAT_HEARTBEAT__INTERVAL_SECONDS": "nan"}),
+        ({}, {"BERRYCHAT_LIMITS__GROUP_COMMIT_MS": "NaN"}),
+        ({"database": {"connect_timeout": float("nan")}}, {}),
+    ],
+)
+def test_nan_is_not_a_number_in_range(raw: dict, env: dict) -> None:
+    """Regression (found by the fuzzer): NaN passed every range check (`nan < lo` is false), so
+    `BERRYCHAT_HEARTBEAT__INTERVAL_SECONDS=nan` or a NaN in the file was accepted."""
+    with pytest.raises(config.ConfigError) as e:
+        config.from_dict(raw, env=env)
+    assert "expected number" in str(e.value)
