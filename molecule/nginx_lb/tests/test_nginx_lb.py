@@ -217,3 +217,19 @@ def test_rejected_configuration_is_rolled_back(host):
     assert host.run("nginx -t").rc == 0
     assert sh(host, "cat /run/nginx.pid") == pid_before
     assert sh(host, CURL + "-o /dev/null -w '%{http_code}' https://127.0.0.1/api/v1/me") == "200"
+
+
+def test_uploads_stream_through_with_their_own_limit(host):
+    # Larger than nginx_lb_client_max_body_size (1m in converge.yml), below the uploads limit.
+    out = sh(
+        host,
+        "head -c 2000000 /dev/zero | " + CURL + "--data-binary @- https://127.0.0.1/api/v1/uploads",
+    )
+    assert json.loads(out)["body_bytes"] == 2000000
+    site = host.file("/etc/nginx/sites-available/berrychat.conf").content_string
+    up = site.split("location = /api/v1/uploads {", 1)[1].split("}", 1)[0]
+    assert "proxy_request_buffering off;" in up
+    assert "client_max_body_size 200m;" in up
+    assert "proxy_read_timeout 300s;" in up
+    protected = site.split("location ^~ /_protected/uploads/ {", 1)[1].split("}", 1)[0]
+    assert "internal;" in protected and "sandbox" in protected
