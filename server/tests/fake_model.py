@@ -5,7 +5,8 @@ with `"stream": true` answered as server-sent events (`data: {json}` lines, then
 `data: [DONE]`) in chunked transfer coding. `mode` picks a behaviour: "stream" (the normal
 case), "slow" (no answer for `slow_seconds`), "error" (HTTP 500 with an OpenAI error body),
 "drop" (two tokens, then the connection is cut mid-stream), "json" (one JSON body, as a server
-that ignores `stream` would send). Every request is recorded.
+that ignores `stream` would send), "eof" / "eof_drop" (no chunking, the body ends when the
+connection closes: after `[DONE]`, or before it). Every request is recorded.
 """
 
 from __future__ import annotations
@@ -82,6 +83,17 @@ class FakeModel:
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                     + f"Content-Length: {len(ans)}\r\n\r\n{ans}".encode()
                 )
+                await w.drain()
+                return
+            if self.mode.startswith("eof"):
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+                tokens = self.tokens[:2] if self.mode == "eof_drop" else self.tokens
+                for tok in tokens:
+                    ev = {"choices": [{"index": 0, "delta": {"content": tok}}]}
+                    w.write(f"data: {json.dumps(ev)}\n\n".encode())
+                    await w.drain()
+                if self.mode == "eof":
+                    w.write(b"data: [DONE]\n\n")
                 await w.drain()
                 return
             w.write(

@@ -180,12 +180,22 @@ async def test_unreachable_model_and_rate_limit(sqlite_db):
         await _stop(w)
 
 
-async def test_client_reads_a_plain_json_answer(model):
-    """A server that ignores "stream" and answers with one JSON body still works."""
+async def test_client_reads_a_plain_json_answer_and_eof_framed_streams(model):
+    """A server that ignores "stream" and answers with one JSON body still works; a stream
+    framed by closing the connection is complete with [DONE] and cut off without it."""
     model.mode = "json"
     c = ChatCompletions(AiSettings(base_url=model.base_url))
     out = [p async for p in c.stream([{"role": "user", "content": "x"}])]
     assert "".join(out) == "Hello there, Ann!"
+    model.mode = "eof"
+    out = [p async for p in c.stream([{"role": "user", "content": "x"}])]
+    assert "".join(out) == "Hello there, Ann!"
+    model.mode = "eof_drop"
+    got = []
+    with pytest.raises(AssistantError) as e:
+        async for p in c.stream([{"role": "user", "content": "x"}]):
+            got.append(p)
+    assert e.value.code == "cut_off" and "".join(got) == "Hello there"
     model.mode = "slow"
     c = ChatCompletions(AiSettings(base_url=model.base_url, first_token_timeout_seconds=0.2))
     with pytest.raises(AssistantError) as e:

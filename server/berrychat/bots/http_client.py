@@ -137,9 +137,8 @@ def _target(url: str) -> tuple[str, str, int, bool, str]:
     port = u.port or (443 if tls else 80)
     path = (u.path or "/") + (f"?{u.query}" if u.query else "")
     default = port == (443 if tls else 80)
-    host_header = u.hostname if default else f"{u.hostname}:{port}"
-    if ":" in u.hostname and not default:
-        host_header = f"[{u.hostname}]:{port}"
+    name = f"[{u.hostname}]" if ":" in u.hostname else u.hostname  # IPv6 literal
+    host_header = name if default else f"{name}:{port}"
     return u.hostname, host_header, port, tls, path
 
 
