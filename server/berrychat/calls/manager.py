@@ -119,7 +119,10 @@ class CallManager:
         if ftype == "call.ice_servers":
             return ice_servers(self.cfg, user)
         if ftype == "call.invite":
-            return await self._invite(user, device, f["conv"], f.get("media", "audio"))
+            res = await self._invite(user, device, f["conv"], f.get("media", "audio"))
+            if not getattr(conn, "attached", True):
+                self.conn_closed(conn)  # it went away while the invite was processed
+            return res
         call_id = f["call"]
         owner = call_id.partition(".")[0]
         if owner == self.pid:
@@ -128,6 +131,8 @@ class CallManager:
             res = await self._forward(owner, user, device, ftype, f)
         if ftype == "call.accept":
             self.local_parties.setdefault((user, device), set()).add(call_id)
+            if not getattr(conn, "attached", True):
+                self.conn_closed(conn)  # it went away while the accept was forwarded
         return res
 
     def conn_closed(self, conn: Any) -> None:

@@ -126,8 +126,14 @@ export function updateCallButtons(c) {
 
 // ---- signalling -------------------------------------------------------------------------
 function newCall(id, conv, peer, media, role, iceServers) {
-  return { id, conv, peer, media, role, iceServers: iceServers || [], state: 'ringing',
-    pc: null, local: null, pendingIce: [], started: 0, timer: null };
+  const c = { id, conv, peer, media, role, iceServers: iceServers || [], state: 'ringing',
+    pc: null, local: null, pendingIce: [], started: 0, timer: null, sock: ctx.sock(),
+    onWelcome: null };
+  // The server ends a call when this device's connection drops (protocol.md §18): a
+  // reconnect during the call means it is over, even if media still flows.
+  c.onWelcome = () => { if (call === c) ended('disconnected'); };
+  if (c.sock) c.sock.addEventListener('welcome', c.onWelcome);
+  return c;
 }
 
 async function startCall(media) {
@@ -142,16 +148,12 @@ async function startCall(media) {
   try {
     r = await ctx.sock().request('call.invite', { conv: c.id, media });
   } catch (e) {
-    call = null;
-    updateCallButtons(ctx.conv());
     ended('failed');
     $('call-status').textContent = e && e.code === 'busy'
       ? 'You are already in a call' : 'The call could not be started';
     return;
   }
   if (r.state === 'ended') {
-    call = null;
-    updateCallButtons(ctx.conv());
     ended(r.reason || 'failed');
     return;
   }
@@ -266,6 +268,7 @@ function hangup(reason = 'hangup') {
 
 function cleanup() {
   if (!call) return;
+  if (call.sock) call.sock.removeEventListener('welcome', call.onWelcome);
   if (call.timer) clearInterval(call.timer);
   if (call.pc) {
     try { call.pc.close(); } catch { /* already closed */ }
