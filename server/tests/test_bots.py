@@ -304,12 +304,14 @@ async def test_slow_receiver_never_blocks_messages_and_queue_is_bounded(sqlite_d
             root,
         )
         receiver.secret = r["webhook_secret"]
-        receiver.delay = 2.0
+        receiver.delay = 3.0
         conv = (await ann.request("conv.create", kind="direct", members=["slowpoke"]))["conv"]
-        t0 = time.monotonic()
+        slowest = 0.0
         for i in range(6):
+            t0 = time.monotonic()
             await ann.send_text(conv, f"m{i}")
-        assert time.monotonic() - t0 < 1.5  # acks did not wait for the receiver
+            slowest = max(slowest, time.monotonic() - t0)
+        assert slowest < 1.5  # no ack waited for the receiver (which holds each POST 3 s)
         m = w.server.metrics.render().decode()
         # the queue holds two (the one in flight included): the rest are dropped
         assert 'berrychat_webhook_deliveries_total{result="dropped"} 4' in m
