@@ -180,25 +180,6 @@ async def test_unreachable_model_and_rate_limit(sqlite_db):
         await _stop(w)
 
 
-async def test_assistant_name_taken_by_a_person_is_a_config_error(sqlite_db, model):
-    from berrychat.config import ConfigError
-    from berrychat.server import Server
-
-    w = await start_world(make_settings(sqlite_db))
-    try:
-        await w.user("helper")
-    finally:
-        await _stop(w)
-    s = make_settings(
-        sqlite_db, ai={"enabled": True, "base_url": model.base_url, "username": "helper"}
-    )
-    srv = Server(s)
-    with pytest.raises(ConfigError) as e:
-        await srv.start()
-    assert e.value.key == "ai.username"
-    await srv.stop(drain_seconds=0.1)
-
-
 async def test_client_reads_a_plain_json_answer_and_eof_framed_streams(model):
     """A server that ignores "stream" and answers with one JSON body still works; a stream
     framed by closing the connection is complete with [DONE] and cut off without it."""

@@ -401,3 +401,13 @@ def test_parser_streams_bodies_piecewise_and_caps_before_reading():
     with pytest.raises(HttpError) as e:
         RequestParser(max_body_bytes=10).feed(b"POST /a HTTP/1.1\r\nContent-Length: 11\r\n\r\n")
     assert e.value.status == 413
+
+
+async def test_an_early_refusal_is_read_by_a_client_still_sending(sworld):
+    """Refused after the first bytes, the rest of a large body is read and dropped, so a client
+    that sends the whole body (a browser) gets the 415 instead of a connection reset."""
+    _, ta, _ = await sworld.user("ann")
+    st, r = await upload(sworld, ta, b"<html>" + b"x" * (6 << 20), "image/png")
+    assert st == 415 and r["error"]["code"] == "type_mismatch"
+    root = sworld.server.media.files.root
+    assert temp_files(root) == [] and stored_files(root) == []

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 HTTP, WS, CLOSED = 0, 1, 2
 PING_FRAME = encode_frame(OP_PING, b"")
 MAX_INFLIGHT = 256  # unanswered requests per connection before the server stops reading it
+# An upload answered early (refused) is read to its end and dropped when at most this much is
+# left, so the client sees the answer; the sweeper ends the wait after CLOSING_GRACE seconds.
+LINGER_BYTES = 32 << 20
 
 
 class Connection(asyncio.Protocol):
@@ -262,6 +265,8 @@ class Connection(asyncio.Protocol):
                     if req.end:
                         self.upload = None
                 continue
+            if self.closing:
+                continue  # lingering after a refused upload: nothing more is served
             if req.streaming:
                 self._start_upload(req)
             elif (req.header("upgrade") or "").lower() == "websocket":
@@ -346,13 +351,20 @@ class Connection(asyncio.Protocol):
                 if self.transport is None:
                     return
                 body = req.extra.get("body")
-                if body is not None and not body.complete:
+                linger = body is not None and not body.complete
+                if linger:
                     req.keep_alive = False  # the rest of an unread body cannot be skipped
                 if isinstance(resp, FileResponse):
                     await self._send_file(resp)
                 else:
                     self.transport.write(resp)
                 if self.transport is None:
+                    return
+                if linger and body.length - body.received <= LINGER_BYTES:
+                    self.closing = True  # the sweeper aborts after CLOSING_GRACE at most
+                    self.closing_since = time.monotonic()
+                    body.discard(self.transport.close)
+                    self.http_queue = None
                     return
                 if not req.keep_alive:
                     self.transport.close()

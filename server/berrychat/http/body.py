@@ -27,6 +27,7 @@ class BodyReader:
         "_paused",
         "received",
         "length",
+        "_discard",
     )
 
     def __init__(
@@ -47,9 +48,17 @@ class BodyReader:
         self._resume = resume
         self._continue = send_continue
         self._paused = False
+        self._discard: Callable[[], None] | None = None
 
     # ---- the connection's side -----------------------------------------------------------
     def push(self, data: bytes, end: bool) -> None:
+        if self._discard is not None:  # answered already: drop the rest, then close
+            self.received += len(data)
+            if end:
+                self._eof = True
+                cb, self._discard = self._discard, None
+                cb()
+            return
         if data:
             self._parts.append(data)
             self._buffered += len(data)
@@ -64,6 +73,19 @@ class BodyReader:
     def connection_lost(self) -> None:
         self._lost = True
         self._wake()
+
+    def discard(self, on_end: Callable[[], None]) -> None:
+        """The handler answered before the body ended: drop what is left of it as it arrives
+        and call `on_end` at its end (so the client reads the answer instead of a reset)."""
+        self._parts.clear()
+        self._buffered = 0
+        if self._eof:
+            on_end()
+            return
+        self._discard = on_end
+        if self._paused:
+            self._paused = False
+            self._resume()
 
     @property
     def complete(self) -> bool:

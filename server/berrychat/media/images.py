@@ -1,7 +1,7 @@
 """Images with Pillow: dimensions, thumbnails, metadata stripping. Blocking: run in a thread.
 
 Decompression bombs are refused before decoding: the header's pixel count is checked against
-`max_pixels` (and Pillow's own MAX_IMAGE_PIXELS guard is set to the same value)."""
+`max_pixels` (Pillow's own process-wide MAX_IMAGE_PIXELS guard stays in place as well)."""
 
 from __future__ import annotations
 
@@ -32,11 +32,10 @@ class ImageResult:
 
 
 def _open(path: str, mime: str, max_pixels: int) -> Image.Image:
-    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         im = Image.open(path, formats=[FORMATS[mime]])
-    except Image.DecompressionBombError:
-        raise BadImage(f"more pixels than the limit of {max_pixels}")
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"more pixels than the limit: {e}")
     except (UnidentifiedImageError, OSError, KeyError) as e:
         raise BadImage(f"not a decodable {mime}: {e}")
     w, h = im.size
