@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 from fake_model import FakeModel
-from support import World, make_settings, start_world
+from support import PASSWORD, World, make_settings, start_world
 
 from berrychat.assistant.client import AssistantError, ChatCompletions
-from berrychat.client import Client
+from berrychat.client import Client, login
 from berrychat.config import AiSettings
 
 
@@ -180,6 +180,25 @@ async def test_unreachable_model_and_rate_limit(sqlite_db):
         await _stop(w)
 
 
+async def test_assistant_name_taken_by_a_person_is_a_config_error(sqlite_db, model):
+    from berrychat.config import ConfigError
+    from berrychat.server import Server
+
+    w = await start_world(make_settings(sqlite_db))
+    try:
+        await w.user("helper")
+    finally:
+        await _stop(w)
+    s = make_settings(
+        sqlite_db, ai={"enabled": True, "base_url": model.base_url, "username": "helper"}
+    )
+    srv = Server(s)
+    with pytest.raises(ConfigError) as e:
+        await srv.start()
+    assert e.value.key == "ai.username"
+    await srv.stop(drain_seconds=0.1)
+
+
 async def test_client_reads_a_plain_json_answer_and_eof_framed_streams(model):
     """A server that ignores "stream" and answers with one JSON body still works; a stream
     framed by closing the connection is complete with [DONE] and cut off without it."""
@@ -202,3 +221,37 @@ async def test_client_reads_a_plain_json_answer_and_eof_framed_streams(model):
         async for _ in c.stream([{"role": "user", "content": "x"}]):
             pass
     assert e.value.code == "timeout"
+
+
+async def test_one_answer_per_question_across_processes(sqlite_db, redis_server, model):
+    """Two processes with the assistant enabled share Redis: one account, one answer."""
+    from berrychat.server import Server
+
+    s = make_settings(
+        sqlite_db,
+        redis=redis_server.settings(),
+        ai={"enabled": True, "base_url": model.base_url, "stream_interval_seconds": 0.01},
+    )
+    servers = [Server(s), Server(s)]
+    for srv in servers:
+        await srv.start()
+    w1, w2 = World(servers[0]), World(servers[1])
+    try:
+        assert servers[0].assistant.user_id == servers[1].assistant.user_id
+        _, _, ann = await w1.user("ann")
+        ann2 = await w2.connect((await login(w2.host, w2.port, "ann", PASSWORD, "d2"))["token"])
+        assert ann is not None
+        conv = (await ann.request("conv.create", kind="direct", members=["assistant"]))["conv"]
+        q = await ann.send_text(conv, "one question")
+        ans = await _answer(ann, conv, q["seq"])
+        assert ans["text"] == "Hello there, Ann!"
+        assert (await _answer(ann2, conv, q["seq"]))["text"] == ans["text"]  # other process
+        await asyncio.sleep(0.5)
+        assert len(model.requests) == 1
+        h = await ann.request("history", conv=conv)
+        assert [m["text"] for m in h["messages"] if m.get("bot")] == ["Hello there, Ann!"]
+    finally:
+        for w in (w1, w2):
+            await w.close()
+        for srv in servers:
+            await srv.stop(drain_seconds=0.2)

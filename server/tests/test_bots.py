@@ -364,3 +364,43 @@ def test_cli_bot_add_list_token_remove(tmp_path, capsys):
     assert main(["bot", "--config", str(cfg), "remove", "deploybot"]) == 0
     assert main(["bot", "--config", str(cfg), "remove", "deploybot"]) == 1
     assert main(["bot", "--config", str(cfg), "add", "x", "--events", "nope"]) == 1
+
+
+async def test_two_processes_one_webhook_per_message(sqlite_db, redis_server, receiver):
+    """Two server processes sharing Redis: a bot made through one is known to the other at
+    once (control message), and each message gives exactly one webhook, from the process that
+    committed it."""
+    from berrychat.server import Server
+
+    s = make_settings(sqlite_db, redis=redis_server.settings(), bots=BOTS_FAST)
+    servers = [Server(s), Server(s)]
+    for srv in servers:
+        await srv.start()
+    w1, w2 = World(servers[0]), World(servers[1])
+    try:
+        root = await _admin(w1)
+        _, _, ann = await w2.user("ann")
+        assert ann is not None
+        st, r = await _api(
+            w1,
+            "POST",
+            "/api/v1/admin/bots",
+            {"username": "relay", "webhook_url": receiver.url},
+            root,
+        )
+        receiver.secret = r["webhook_secret"]
+        await _until(lambda: r["bot"]["id"] in servers[1].bots.cache, timeout=5)
+        conv = (await ann.request("conv.create", kind="direct", members=["relay"]))["conv"]
+        for i in range(3):
+            await ann.send_text(conv, f"hello {i}")
+        await _until(lambda: len(receiver.got) >= 3)
+        await asyncio.sleep(0.3)
+        texts = sorted(g["json"]["message"]["text"] for g in receiver.got)
+        assert texts == ["hello 0", "hello 1", "hello 2"] and all(g["valid"] for g in receiver.got)
+        await _metric(w2, 'berrychat_webhook_deliveries_total{result="ok"} 3')
+        assert 'result="ok"' not in servers[0].metrics.render().decode()
+    finally:
+        for w in (w1, w2):
+            await w.close()
+        for srv in servers:
+            await srv.stop(drain_seconds=0.2)
