@@ -216,9 +216,11 @@ class Connection(asyncio.Protocol):
             m.errors.inc(code)
         self.send_obj(error(fid, re, code, message, codes.retryable(code)))
 
-    def close_ws(self, code: int, reason: str, hard: bool = False) -> None:
+    def close_ws(self, code: int, reason: str, hard: bool = False, echo: bool = False) -> None:
         """Send a close frame and detach. `hard`: close TCP after it is written instead of
-        waiting for the peer's close frame (dead or slow peers)."""
+        waiting for the peer's close frame (dead or slow peers). `echo`: the answer to the
+        peer's own close frame (not counted as a close the server started: the peer chooses
+        that code, any of 3000-4999, and would otherwise mint metric labels)."""
         if self.state == HTTP:
             if self.transport is not None:
                 self.transport.close()
@@ -229,7 +231,7 @@ class Connection(asyncio.Protocol):
         self.hard_close = hard
         self.closing_since = time.monotonic()
         m = self.gw.metrics
-        if m is not None:
+        if m is not None and not echo:
             m.closes.inc(str(code))
         self._detach()
         self.out.append(encode_close(code, reason))
@@ -446,7 +448,7 @@ class Connection(asyncio.Protocol):
                 pass
             elif op == OP_CLOSE:
                 code = m.close_code if m.close_code not in (None, 1005) else 1000
-                self.close_ws(code, "", True)
+                self.close_ws(code, "", True, echo=True)
                 return
             elif op == OP_BINARY:
                 self.close_ws(codes.CLOSE_UNSUPPORTED_DATA, "binary frames are not supported", True)
