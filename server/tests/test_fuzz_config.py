@@ -125,7 +125,7 @@ def _respects_ranges(s: config.Settings) -> None:
 CFG = Counter("config (from_dict + environment)")
 
 
-@fuzz_settings(full=8_000, ci=300)
+@fuzz_settings(full=4_000, ci=300)
 @given(raw_config(), environment())
 def _from_dict(raw: object, env: dict[str, str]) -> None:
     def run() -> None:
