@@ -239,3 +239,28 @@ async def test_video_poster_with_ffmpeg(sqlite_db, tmp_path):
         assert Image.open(io.BytesIO(poster)).size == (320, 240)
     finally:
         await _stop(w)
+
+
+@pytest.mark.skipif(not FFMPEG, reason="ffmpeg not installed (Debian package ffmpeg)")
+async def test_voice_formats_made_by_ffmpeg(sqlite_db, tmp_path):
+    """Ogg/Opus, MP3 and M4A (AAC) recordings of 1.2 s: accepted as voice, duration read."""
+    w = await _world(tmp_path, sqlite_db)
+    try:
+        _, ta, _ = await w.user("ann")
+        for ext, codec, mime in (
+            ("ogg", "libopus", "audio/ogg"),
+            ("mp3", "libmp3lame", "audio/mpeg"),
+            ("m4a", "aac", "audio/mp4"),
+        ):
+            out = tmp_path / f"v.{ext}"
+            subprocess.run(
+                [FFMPEG or "ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=1.2",
+                 "-c:a", codec, str(out)],
+                check=True, timeout=60,
+            )  # fmt: skip
+            st, r = await upload(w, ta, out.read_bytes(), mime, out.name)
+            assert st == 201, (ext, r)
+            att = r["attachment"]
+            assert att["kind"] == "voice" and abs(att["duration"] - 1.2) < 0.1, (ext, att)
+    finally:
+        await _stop(w)
