@@ -468,3 +468,34 @@ async def test_http_matrix(cast) -> None:
                 assert (st2, answer2) == (st, answer), (key, who, answer, answer2)
             cells += 1
     print("\nHTTP matrix:", cells, "cells over", len(routes), "routes")
+
+
+async def test_call_frames_on_a_real_call_by_non_parties(cast) -> None:
+    """A call between two members of a direct conversation: every call frame with the real call
+    id from someone who is not a party answers `not_found` and leaves the call as it was."""
+    w, ids, tokens, clients = cast
+    if "call.invite" not in SCHEMAS:
+        pytest.skip("this build has no calls")
+    owner, member = clients["owner"], clients["member"]
+    conv = (await owner.request("conv.create", kind="direct", members=["member"]))["conv"]
+    call = (await owner.request("call.invite", conv=conv))["call"]
+    for who in ("outsider", "removed", "admin"):
+        c = clients[who]
+        with pytest.raises(ClientError) as e:
+            await c.request("call.invite", conv=conv)
+        assert e.value.code == "not_found"
+        for ftype, extra in (
+            ("call.ringing", {}),
+            ("call.accept", {}),
+            ("call.reject", {}),
+            ("call.hangup", {}),
+            ("call.sdp", {"sdp_type": "offer", "sdp": "v=0"}),
+            ("call.ice", {"candidate": ""}),
+        ):
+            with pytest.raises(ClientError) as e:
+                await c.request(ftype, call=call, **extra)
+            assert e.value.code == "not_found", (who, ftype, e.value.frame)
+    # the call is untouched: the callee can still accept it, and it is active
+    r = await member.request("call.accept", call=call)
+    assert r["state"] == "active"
+    await owner.request("call.hangup", call=call)
