@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ..config import ConfigError
 from ..metrics import LabeledCounter, Metrics
 from ..protocol.codes import ChatError
 from ..protocol.frames import encode
@@ -74,8 +75,8 @@ class Assistant:
             except StoreError:  # another process created it first
                 u = await store.get_user_by_name(self.username)
         if u is None or u["role"] != "bot":
-            raise RuntimeError(
-                f"ai.username {self.username!r} belongs to a person's account: choose another"
+            raise ConfigError(
+                "ai.username", f"{self.username!r} is a person's account: choose another name"
             )
         self.user_id = u["id"]
         self.chat.event_hooks.append(self.on_event)
