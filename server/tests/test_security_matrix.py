@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 from support import PASSWORD, World, make_settings, start_world
 
-from berrychat.client import Client, ClientError, ConnectionClosed, http_json, login
+from berrychat.client import Client, ClientError, http_json, login
 from berrychat.protocol.frames import SCHEMAS
 
 NOPE = 987654
@@ -292,9 +292,11 @@ async def test_frames_without_a_valid_session(cast) -> None:
             await c.hello(tokens[kind])
         assert e.value.code == "auth_failed"
         assert (await c.wait_closed())[0] == 4401
-    with pytest.raises((ClientError, ConnectionClosed)):
-        await Client.connect_url_token(w.host, w.port, tokens["expired"])
-        raise ConnectionClosed(None)  # the URL form must not authenticate either
+    # the URL form must not authenticate either: an error, then close 4401
+    c = await Client.connect_url_token(w.host, w.port, tokens["expired"])
+    err = await c.next_event("error")
+    assert err["code"] == "auth_failed"
+    assert (await c.wait_closed())[0] == 4401
 
 
 # ---- HTTP routes -----------------------------------------------------------------------------
