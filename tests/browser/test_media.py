@@ -125,3 +125,31 @@ def test_refused_uploads_show_a_clear_message(pages: Pages, server: ServerProces
     page.get_by_role("button", name="Dismiss").click()
     expect(page.locator("#upload-bar")).to_be_hidden()
     expect(page.locator("#messages li.msg")).to_have_count(0)
+
+
+def test_drop_and_paste_send_files(pages: Pages, server: ServerProcess) -> None:
+    page = pages.new()
+    register(page, server, "ann", "Ann")
+    peer, _ = server.make_user("bob")
+    start_direct(page, peer)
+    page.evaluate(
+        """() => {
+        const dt = new DataTransfer();
+        dt.items.add(new File(['dropped text'], 'dropped.txt', {type: 'text/plain'}));
+        const chat = document.getElementById('chat');
+        const opts = {dataTransfer: dt, bubbles: true, cancelable: true};
+        chat.dispatchEvent(new DragEvent('dragover', opts));
+        chat.dispatchEvent(new DragEvent('drop', opts));
+    }"""
+    )
+    expect(page.get_by_role("link", name="Download dropped.txt")).to_be_visible()
+    page.evaluate(
+        """() => {
+        const dt = new DataTransfer();
+        dt.items.add(new File(['from the clipboard'], 'clip.txt', {type: 'text/plain'}));
+        const input = document.getElementById('input');
+        input.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt, bubbles: true,
+                                                         cancelable: true}));
+    }"""
+    )
+    expect(page.get_by_role("link", name="Download clip.txt")).to_be_visible()
