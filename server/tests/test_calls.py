@@ -345,6 +345,11 @@ async def test_calls_across_processes_through_redis(sqlite_db, redis_server):
         await bob3.request("call.hangup", call=call)
         ev = await ann.next_event("call.ended", timeout=10)
         assert ev["reason"] == "hangup" and ev["by"] != ua["id"]
+        # a call id of a process that is not running: refused at once, not after a timeout
+        t0 = time.monotonic()
+        with pytest.raises(ClientError) as e:
+            await bob3.request("call.hangup", call="0123456789abcdef.0123")
+        assert e.value.code == "not_found" and time.monotonic() - t0 < 2
     finally:
         for w in (w1, w2):
             await w.close()

@@ -167,9 +167,24 @@ class CallManager:
         t.add_done_callback(self._tasks.discard)
 
     # ---- forwarding to the owning process ------------------------------------------------
+    async def _owner_alive(self, owner: str) -> bool:
+        """Is the process that owns a call running? Saves the forwarding timeout for ids of
+        unknown or dead processes."""
+        if getattr(self.hub.broker, "process_id", None) is None:
+            return False  # one process: every live call is owned here
+        live = getattr(self.chat.state, "_live", None)  # RedisState: process liveness keys
+        if live is None:
+            return True
+        try:
+            return owner in await live({owner})
+        except Exception:
+            return True  # Redis trouble: try, the forwarding timeout bounds it
+
     async def _forward(
         self, owner: str, user: int, device: str, ftype: str, f: dict[str, Any]
     ) -> dict[str, Any]:
+        if not await self._owner_alive(owner):
+            raise ChatError("not_found", "no such call (it has ended)")
         n = next(self._req)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[n] = fut
