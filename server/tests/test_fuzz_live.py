@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import random
+from typing import Any
 
 from harness_fuzz import FULL, SEED, Counter, mutations
 from support import PASSWORD, make_settings, start_world
@@ -102,6 +103,13 @@ async def _attack(port: int, payload: bytes, handshake: bool) -> tuple[str, obje
             await writer.wait_closed()
 
 
+async def _timed(attack: Any) -> tuple[str, object, float]:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    kind, detail = await attack
+    return kind, detail, loop.time() - t0
+
+
 async def test_malformed_traffic_closes_only_that_connection(sqlite_db):
     w = await start_world(make_settings(sqlite_db))
     count = Counter("live sockets (handshakes, frames)")
@@ -145,8 +153,9 @@ async def test_malformed_traffic_closes_only_that_connection(sqlite_db):
                 _attack(w.port, p, False)
                 for p in http_inputs[batch_start // 4 : (batch_start + 40) // 4]
             ]
-            for kind, detail in await asyncio.gather(*batch):
+            for kind, detail, took in await asyncio.gather(*(_timed(a) for a in batch)):
                 count.n += 1
+                count.slowest = max(count.slowest, took)
                 outcomes[kind] = outcomes.get(kind, 0) + 1
                 if kind == "close":  # a documented code, or the echo of the client's own
                     assert detail in DOCUMENTED_CLOSES or detail in PEER_CLOSES, detail
