@@ -411,3 +411,19 @@ async def test_an_early_refusal_is_read_by_a_client_still_sending(sworld):
     assert st == 415 and r["error"]["code"] == "type_mismatch"
     root = sworld.server.media.files.root
     assert temp_files(root) == [] and stored_files(root) == []
+
+
+async def test_a_recalled_attachment_is_no_longer_shared(mworld):
+    ta, tb, ca, cb, conv = await pair(mworld)
+    st, r = await upload(mworld, ta, png_bytes(), "image/png")
+    att = r["attachment"]
+    ack = await ca.request("msg.send", conv=conv, cid="r1", attachment=att["id"])
+    for aid in (att["id"], att["thumb"]):
+        assert (await http(mworld, "GET", f"/api/v1/files/{aid}", token=tb))[0] == 200
+    await ca.request("msg.recall", conv=conv, cid="r2", seq=ack["seq"])
+    hist = [m for m in (await cb.history(conv))["messages"] if m["seq"] == ack["seq"]][0]
+    assert hist["recalled"] and "attachment" not in hist
+    for aid in (att["id"], att["thumb"]):
+        assert (await http(mworld, "GET", f"/api/v1/files/{aid}", token=tb))[0] == 404
+    # the uploader keeps access to their own upload
+    assert (await http(mworld, "GET", f"/api/v1/files/{att['id']}", token=ta))[0] == 200

@@ -1019,6 +1019,8 @@ def _apply_ops_tx(d: Dialect, ops: list[Op], limits: dict[str, int]) -> Tx[list[
             "UPDATE messages SET body='', recalled_at=? WHERE conversation_id=? AND seq=?",
             (rts, conv, seq),
         )
+        # a recalled attachment is no longer shared through this message
+        yield Q("DELETE FROM attachment_refs WHERE conversation_id=? AND seq=?", (conv, seq))
     for conv, c in convs.items():
         if c["dirty"]:
             yield Q(
