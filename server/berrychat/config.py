@@ -140,6 +140,8 @@ class RedisSettings:
     host: str = "localhost"
     port: int = opt(6379, 1, 65535)
     db: int = opt(0, 0, 1000)
+    # ACL user (the fleet's redis role turns the `default` user off); "" = the default user.
+    username: str = ""
     password: str = ""
     # Channels are per user shard (user id % shards): a process subscribes to the shards of the
     # users connected to it. More shards: less foreign traffic per process, more PUBLISHes per

@@ -294,3 +294,24 @@ async def test_service_continues_while_redis_is_down(sqlite_db):
             await srv.stop(drain_seconds=0.2)
     finally:
         r.stop()
+
+
+async def test_acl_user_authenticates(sqlite_db, redis_server):
+    """The fleet's redis role turns the `default` user off: BerryChat logs in as its ACL user."""
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+    await admin.execute_command("ACL", "SETUSER", "bc_app", "on", ">s3cret-pw", "~*", "&*", "+@all")
+    await admin.aclose()
+    ok = make_settings(
+        sqlite_db, redis=redis_server.settings(username="bc_app", password="s3cret-pw")
+    )
+    srv = Server(ok)
+    await srv.start()
+    await srv.stop(drain_seconds=0.1)
+    bad = make_settings(sqlite_db, redis=redis_server.settings(username="bc_app", password="nope"))
+    srv = Server(bad)
+    with pytest.raises(BrokerUnavailable, match="invalid username-password"):
+        await srv.start()
+    with contextlib.suppress(Exception):
+        await srv.stop(drain_seconds=0.1)

@@ -107,6 +107,7 @@ class RedisBroker(Broker):
             host=s.host,
             port=s.port,
             db=s.db,
+            username=s.username or None,
             password=s.password or None,
             socket_connect_timeout=s.socket_timeout,
             socket_timeout=None,
