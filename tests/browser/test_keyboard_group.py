@@ -66,9 +66,11 @@ def test_keyboard_only(pages: Pages, server: ServerProcess) -> None:
     # Message actions by keyboard: one of them is in the Tab order (the newest message's),
     # the arrow keys move between messages, Escape closes the menu and returns the focus.
     expect(page.locator("#input")).to_be_focused()
+    newest = message(page, "😂").get_by_role("button", name=re.compile("Actions"))
+    # acknowledged (a pending message has no actions yet) and so the one in the Tab order
+    expect(newest).to_have_attribute("tabindex", "0")
     for _ in range(4):  # back over the emoji, voice-recording and attach buttons
         page.keyboard.press("Shift+Tab")
-    newest = message(page, "😂").get_by_role("button", name=re.compile("Actions"))
     expect(newest).to_be_focused()
     page.keyboard.press("ArrowUp")
     more = message(page, "typed, never clicked").get_by_role("button", name=re.compile("Actions"))
