@@ -11,6 +11,8 @@ PACKAGES=(
   qemu-user-static binfmt-support debootstrap
   mariadb-server redis-server nginx
   python3-venv git make curl ca-certificates openssh-client
+  # Server tests of voice/video messages: Ogg/MP3/M4A samples and video poster frames.
+  ffmpeg
 )
 if [[ "${WITH_BROWSER:-1}" == 1 ]]; then
   PACKAGES+=(chromium chromium-driver fonts-noto-color-emoji)
