@@ -15,10 +15,9 @@ from webui import (
     FLAGS,
     Pages,
     ServerProcess,
-    register,
+    direct_chat,
     screenshot,
     send,
-    start_direct,
 )
 
 MEDIA_FLAGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
@@ -40,11 +39,7 @@ def test_video_call_connects_then_hang_up_and_decline(
 ) -> None:
     pages = Pages(media_browser, server)
     try:
-        ann_page = pages.new()
-        bob_page = pages.new()
-        register(ann_page, server, "ann", "Ann")
-        bob = register(bob_page, server, "bob", "Bob")
-        start_direct(ann_page, bob, "Bob")
+        ann_page, bob_page, bob = direct_chat(pages, server)
         send(ann_page, "Calling you in a second")
 
         ann_page.get_by_role("button", name="Video call").click()

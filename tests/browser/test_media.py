@@ -9,7 +9,7 @@ import re
 
 from PIL import Image
 from playwright.sync_api import Page, expect
-from webui import Pages, ServerProcess, register, screenshot, start_direct
+from webui import Pages, ServerProcess, direct_chat, register, screenshot, start_direct
 
 
 def png(size: tuple[int, int], color: str) -> bytes:
@@ -47,11 +47,7 @@ def fetch_status(page: Page, href: str) -> list:
 
 
 def test_two_people_exchange_an_image_and_a_file(pages: Pages, server: ServerProcess) -> None:
-    ann_page = pages.new()
-    bob_page = pages.new()
-    register(ann_page, server, "ann", "Ann")
-    bob = register(bob_page, server, "bob", "Bob")
-    start_direct(ann_page, bob, "Bob")
+    ann_page, bob_page, bob = direct_chat(pages, server)
     expect(ann_page.get_by_role("button", name="Attach an image or file")).to_be_enabled()
 
     # Ann sends a photo: both see the thumbnail; the link opens the full image.
@@ -84,11 +80,7 @@ def test_two_people_exchange_an_image_and_a_file(pages: Pages, server: ServerPro
 
 
 def test_voice_message_and_played_receipt(pages: Pages, server: ServerProcess) -> None:
-    ann_page = pages.new()
-    bob_page = pages.new()
-    register(ann_page, server, "ann", "Ann")
-    bob = register(bob_page, server, "bob", "Bob")
-    start_direct(ann_page, bob, "Bob")
+    ann_page, bob_page, bob = direct_chat(pages, server)
     rec = ann_page.get_by_role("button", name="Record a voice message")
     rec.click()
     stop = ann_page.get_by_role("button", name="Stop recording and send")

@@ -11,6 +11,7 @@ from webui import (
     Pages,
     ServerProcess,
     conv_item,
+    direct_chat,
     login,
     message,
     register,
@@ -37,11 +38,7 @@ def assert_no_duplicates(page: Page) -> None:
 
 
 def test_offline_then_catch_up(pages: Pages, server: ServerProcess) -> None:
-    cat_page = pages.new()
-    dan_page = pages.new()
-    register(cat_page, server, "cat", "Cat")
-    dan = register(dan_page, server, "dan", "Dan")
-    start_direct(cat_page, dan, "Dan")
+    cat_page, dan_page, dan = direct_chat(pages, server, "Cat", "Dan")
     send(cat_page, "are you there?")
     conv_item(dan_page, "Cat").get_by_role("button").click()
     expect(message(dan_page, "are you there?")).to_be_visible()

@@ -209,6 +209,19 @@ def start_direct(page: Page, peer: str, title: str = "") -> None:
     expect(page.locator("#chat-title")).to_have_text(title or re.compile(f"^{peer}$", re.I))
 
 
+def direct_chat(
+    pages: Pages, server: ServerProcess, a: str = "Ann", b: str = "Bob"
+) -> tuple[Page, Page, str]:
+    """Two people register in two browser contexts and the first opens a 1:1 chat with the
+    second. Returns (a's page, b's page, b's user name)."""
+    a_page = pages.new()
+    b_page = pages.new()
+    register(a_page, server, a.lower(), a)
+    b_name = register(b_page, server, b.lower(), b)
+    start_direct(a_page, b_name, b)
+    return a_page, b_page, b_name
+
+
 def send(page: Page, text: str) -> None:
     page.locator("#input").fill(text)
     page.locator("#input").press("Enter")
