@@ -8,6 +8,7 @@ shown on failure.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -65,18 +66,38 @@ def test_scenario(scenario: str) -> None:
     arch = _ci_arch(scenario)
     env = dict(os.environ, MOLECULE_ARCH=arch, ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", NO_COLOR="1")
     started = time.monotonic()
+    timed_out = False
     with log.open("w") as out:
-        proc = subprocess.run(
+        # Its own process group, so a timeout stops ansible-playbook and pytest under it too.
+        proc = subprocess.Popen(
             ["molecule", "test", "-s", scenario],
             cwd=ROOT,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            timeout=SCENARIO_TIMEOUT_S,
-            check=False,
+            start_new_session=True,
         )
+        try:
+            proc.wait(timeout=SCENARIO_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            # Leave no containers behind (bounded: destroy is a single podman rm per host).
+            subprocess.run(
+                ["molecule", "destroy", "-s", scenario],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=300,
+                check=False,
+            )
     took = time.monotonic() - started
     print(f"molecule {scenario} ({arch}): {took:.0f}s")
+    if timed_out:
+        limit = f"{SCENARIO_TIMEOUT_S} s"
+        pytest.fail(f"molecule test -s {scenario} ({arch}) ran past {limit}; log {log}")
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-80:])
         pytest.fail(f"molecule test -s {scenario} failed (rc={proc.returncode}); log {log}\n{tail}")
