@@ -15,7 +15,7 @@ MOLECULE_JOBS ?= 3
 # Empty = every scenario under molecule/; or a space-separated list.
 SCENARIOS ?=
 
-.PHONY: help venv host images lint test test-server test-browser test-molecule bench demo demo-down lock clean
+.PHONY: help venv host images lint test test-server test-browser test-molecule test-install bench demo demo-down lock clean
 
 help:
 	@echo "make demo         build 3 virtual arm64 Pis and deploy BerryChat on them"
@@ -25,6 +25,7 @@ help:
 	@echo "make test-server  the BerryChat server's test suite"
 	@echo "make test-browser the web client in headless Chromium"
 	@echo "make test-molecule [SCENARIOS='a b']  Molecule scenarios"
+	@echo "make test-install install.sh twice in a native virtual Pi (not part of make test)"
 	@echo "make images       build the virtual Pi images (arm64 and native)"
 	@echo "make bench [SCENARIO=idle|fanout|direct|storm]  load benchmarks (table + bench/results/)"
 	@echo "make fuzz         fuzz the parsers, config loader and HTTP handlers (>= 100,000 inputs)"
@@ -65,6 +66,11 @@ test-molecule: venv images
 	  -n $(MOLECULE_JOBS) --dist loadgroup $(if $(SCENARIOS),--scenarios "$(SCENARIOS)")
 
 test: lint test-server test-browser test-molecule
+
+# install.sh end to end in a native virtual Pi container, run twice (tests/test_install_sh.py).
+# Not part of `make test`: a whole site.yml on one container takes longer than CI's share.
+test-install: venv images
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -s tests/test_install_sh.py
 
 # Load benchmarks on loopback: server pinned to CPU 0, generator to CPU 1; table + JSON under
 # bench/results/ (see bench/README.md). Not part of `make test`: figures, not pass/fail.
