@@ -48,7 +48,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     unknown = sorted(set(wanted) - set(known))
     if unknown:
         raise pytest.UsageError(f"unknown Molecule scenario(s): {', '.join(unknown)}")
-    chosen = wanted or known
+    # Scenarios under `manual:` in molecule/ci.yml run only when named (--scenarios / SCENARIOS).
+    manual = set(
+        (yaml.safe_load((ROOT / "molecule" / "ci.yml").read_text()) or {}).get("manual") or {}
+    )
+    chosen = wanted or [s for s in known if s not in manual]
     metafunc.parametrize(
         "scenario", [pytest.param(s, marks=pytest.mark.xdist_group(s)) for s in chosen]
     )
@@ -56,7 +60,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def test_every_scenario_has_a_ci_architecture() -> None:
     ci = yaml.safe_load((ROOT / "molecule" / "ci.yml").read_text())
-    listed = set(ci.get("arm64") or []) | set(ci.get("native") or {})
+    listed = set(ci.get("arm64") or []) | set(ci.get("native") or {}) | set(ci.get("manual") or {})
     assert listed == set(_all_scenarios()), "molecule/ci.yml must name every scenario once"
 
 
