@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from support import INSTALL_DB, MARIADBD, REDIS_SERVER, RedisServer
+from support import INSTALL_DB, MARIADBD, REDIS_SERVER, RedisServer, wait_mariadbd
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
@@ -132,20 +132,7 @@ class RestartableMariaDB:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        import pymysql
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                pymysql.connect(
-                    host="127.0.0.1", port=self.port, user="root", connect_timeout=1
-                ).close()
-                return
-            except pymysql.err.OperationalError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    log = (self.dir / "error.log").read_text(errors="replace")[-1000:]
-                    raise RuntimeError(f"mariadbd did not start: {log}")
-                time.sleep(0.1)
+        wait_mariadbd(self.port, self.proc, self.dir / "error.log", timeout=timeout, interval=0.1)
 
     def create_database(self, name: str) -> None:
         import pymysql

@@ -46,6 +46,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_mariadbd(
+    port: int, proc: subprocess.Popen[bytes], error_log: Path, timeout: float, interval: float
+) -> None:
+    """Return once a private mariadbd on 127.0.0.1:port accepts root; raise with the tail of
+    its error log if it exits or does not answer within timeout seconds."""
+    import pymysql
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pymysql.connect(host="127.0.0.1", port=port, user="root", connect_timeout=1).close()
+            return
+        except pymysql.err.OperationalError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log = error_log.read_text(errors="replace")[-1000:]
+                raise RuntimeError(f"mariadbd did not start: {log}")
+            time.sleep(interval)
+
+
 class MariaDB:
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="berrychat-mariadb-"))
@@ -104,20 +123,7 @@ class MariaDB:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        import pymysql
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                pymysql.connect(
-                    host="127.0.0.1", port=self.port, user="root", connect_timeout=1
-                ).close()
-                return
-            except pymysql.err.OperationalError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    log = (self.dir / "error.log").read_text(errors="replace")[-1000:]
-                    raise RuntimeError(f"mariadbd did not start: {log}")
-                time.sleep(0.2)
+        wait_mariadbd(self.port, self.proc, self.dir / "error.log", timeout=60, interval=0.2)
 
     def new_database(self) -> str:
         import pymysql
