@@ -9,6 +9,7 @@
 // seq for the loaded conversations that changed. Everything is keyed by (conv, seq), so a
 // push that also arrives through history is applied once.
 
+import { el } from './dom.js';
 import { api, ApiError, Socket } from './net.js';
 import { callText, onCallPush, setupCalls, updateCallButtons } from './calls.js';
 import { botBadge, onStreamPush, setupAssistant, streamDone } from './assistant.js';
@@ -120,19 +121,6 @@ function peerId(c) {
 }
 
 // ---- small DOM helpers ------------------------------------------------------------------
-function el(tag, props = {}, ...kids) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === 'class') e.className = v;
-    else if (k === 'text') e.textContent = v;
-    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
-    else if (k in e && typeof v !== 'string') e[k] = v;
-    else e.setAttribute(k, v === true ? '' : v);
-  }
-  for (const kid of kids) if (kid !== null && kid !== undefined && kid !== false) e.append(kid);
-  return e;
-}
 const timeFmt = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
 const dayFmt = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric' });
 function when(ts, short) {

@@ -3,6 +3,8 @@
 // through the STUN/TURN servers the server hands out (ice_servers). app.js owns the state and
 // the socket; this module gets what it needs through `ctx` and draws the call panel.
 
+import { el } from './dom.js';
+
 let ctx = null;
 let call = null; // the call on this device: see newCall()
 let note = null; // a timer that clears the "call ended" notice
@@ -21,20 +23,6 @@ const REASON = {
   failed: 'Call failed: no media connection',
   media: 'Call failed: no camera or microphone',
 };
-
-function el(tag, props = {}, ...kids) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === 'class') e.className = v;
-    else if (k === 'text') e.textContent = v;
-    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
-    else if (k in e && typeof v !== 'string') e[k] = v;
-    else e.setAttribute(k, v === true ? '' : v);
-  }
-  for (const kid of kids) if (kid) e.append(kid);
-  return e;
-}
 
 function duration(s) {
   const m = Math.floor(s / 60);

@@ -2,6 +2,8 @@
 // drop, paste, voice recording, and the image / file / voice / video parts of messages.
 // app.js owns the state and the messages; this module gets what it needs through `ctx`.
 
+import { el } from './dom.js';
+
 export const TEXTLIKE = new Set(['text', 'image', 'file', 'voice', 'video']);
 const IMAGE_TYPES = ['image/jpeg', 'image/png', 'image/gif', 'image/webp'];
 const AUDIO_TYPES = ['audio/ogg', 'audio/webm', 'audio/mp4', 'audio/mpeg', 'audio/wav',
@@ -167,18 +169,6 @@ async function toggleRecording() {
 }
 
 // ---- message parts ------------------------------------------------------------------------
-function el(tag, props = {}, ...kids) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (v === undefined || v === null) continue;
-    if (k === 'text') e.textContent = v;
-    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v);
-  }
-  e.append(...kids);
-  return e;
-}
-
 function duration(s) {
   if (typeof s !== 'number') return '';
   const t = Math.round(s);
