@@ -21,7 +21,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from ..chat.accounts import USERNAME_RE, normalize_username, token_hash
+from ..chat.accounts import check_new_account, normalize_username, token_hash
 from ..metrics import Metrics
 from ..protocol.codes import ChatError
 from ..store import Conflict, Op, StoreError
@@ -82,14 +82,7 @@ class BotAdmin:
         events: Any = None,
         created_by: int = 0,
     ) -> dict[str, Any]:
-        name = normalize_username(username) if isinstance(username, str) else ""
-        if not USERNAME_RE.match(name):
-            raise ChatError(
-                "bad_field",
-                "username: 3-32 characters a-z 0-9 _ . - starting with a letter or digit",
-            )
-        if not isinstance(display_name, str) or len(display_name) > 200:
-            raise ChatError("bad_field", "display_name: at most 200 characters")
+        name = check_new_account(username, display_name)
         url, evs = check_webhook(webhook_url, events)
         try:
             user = await self.store.create_user(

@@ -31,6 +31,19 @@ def normalize_username(name: str) -> str:
     return name.strip().lower()
 
 
+def check_new_account(username: Any, display_name: Any) -> str:
+    """The normalized user name of a new account (a person's or a bot's), or bad_field."""
+    name = normalize_username(username) if isinstance(username, str) else ""
+    if not USERNAME_RE.match(name):
+        raise ChatError(
+            "bad_field",
+            "username: 3-32 characters a-z 0-9 _ . - starting with a letter or digit",
+        )
+    if not isinstance(display_name, str) or len(display_name) > 200:
+        raise ChatError("bad_field", "display_name: at most 200 characters")
+    return name
+
+
 def public_user(u: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": u["id"],
@@ -84,14 +97,7 @@ class Accounts:
     async def register(
         self, username: str, password: str, display_name: str = "", role: str = "user"
     ) -> dict[str, Any]:
-        name = normalize_username(username) if isinstance(username, str) else ""
-        if not USERNAME_RE.match(name):
-            raise ChatError(
-                "bad_field",
-                "username: 3-32 characters a-z 0-9 _ . - starting with a letter or digit",
-            )
-        if not isinstance(display_name, str) or len(display_name) > 200:
-            raise ChatError("bad_field", "display_name: at most 200 characters")
+        name = check_new_account(username, display_name)
         self.check_password_rules(password)
         hashed = await self.hash_password(password)
         try:
