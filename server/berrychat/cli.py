@@ -116,6 +116,16 @@ async def _redis_sink(settings: config.Settings) -> Any:
         await broker.close()  # flushes the pending control messages
 
 
+def _print_result(settings: config.Settings, go: Callable[[Store], Awaitable[str]]) -> int:
+    """Run one store action of a command, print its answer; a ChatError is one error line."""
+    try:
+        print(_run(_with_store(settings, go)))
+    except ChatError as e:
+        print(f"error: {e.code}: {e.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_user(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
@@ -145,12 +155,7 @@ def cmd_user(args: argparse.Namespace) -> int:
             return f"password of {args.username} reset; its sessions are revoked"
         raise AssertionError(args.action)
 
-    try:
-        print(_run(_with_store(settings, go)))
-    except ChatError as e:
-        print(f"error: {e.code}: {e.message}", file=sys.stderr)
-        return 1
-    return 0
+    return _print_result(settings, go)
 
 
 def cmd_bot(args: argparse.Namespace) -> int:
@@ -193,12 +198,7 @@ def cmd_bot(args: argparse.Namespace) -> int:
             return f"token: {await admin.new_token(args.username)} (the previous one is revoked)"
         raise AssertionError(args.action)
 
-    try:
-        print(_run(_with_store(settings, go)))
-    except ChatError as e:
-        print(f"error: {e.code}: {e.message}", file=sys.stderr)
-        return 1
-    return 0
+    return _print_result(settings, go)
 
 
 def build_parser() -> argparse.ArgumentParser:
