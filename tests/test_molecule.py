@@ -8,6 +8,7 @@ shown on failure.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from secret_scan import secret_values, secrets_in_log
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".cache" / "molecule-logs"
@@ -64,17 +66,44 @@ def test_every_scenario_has_a_ci_architecture() -> None:
     assert listed == set(_all_scenarios()), "molecule/ci.yml must name every scenario once"
 
 
+def _molecule(action: list[str], scenario: str, env: dict[str, str], out, timeout: int) -> None:
+    """One bounded molecule command (destroy before and after a run), output into the log."""
+    subprocess.run(
+        ["molecule", *action, "-s", scenario],
+        cwd=ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def test_scenario(scenario: str) -> None:
     LOGS.mkdir(parents=True, exist_ok=True)
     log = LOGS / f"{scenario}.log"
     arch = _ci_arch(scenario)
-    env = dict(os.environ, MOLECULE_ARCH=arch, ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", NO_COLOR="1")
+    # A fresh ephemeral directory per run: its secrets/ holds what this run generated, read
+    # below before the final destroy prunes it.
+    ephemeral = ROOT / ".cache" / "molecule-ephemeral" / scenario
+    shutil.rmtree(ephemeral, ignore_errors=True)
+    env = dict(
+        os.environ,
+        MOLECULE_ARCH=arch,
+        MOLECULE_EPHEMERAL_DIRECTORY=str(ephemeral),
+        # Every playbook run as `ansible-playbook -v`: its output is checked for secrets.
+        ANSIBLE_VERBOSITY="1",
+        ANSIBLE_FORCE_COLOR="0",
+        PY_COLORS="0",
+        NO_COLOR="1",
+    )
     started = time.monotonic()
     timed_out = False
     with log.open("w") as out:
+        _molecule(["destroy"], scenario, env, out, timeout=300)
         # Its own process group, so a timeout stops ansible-playbook and pytest under it too.
         proc = subprocess.Popen(
-            ["molecule", "test", "-s", scenario],
+            ["molecule", "test", "-s", scenario, "--destroy", "never"],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -87,21 +116,20 @@ def test_scenario(scenario: str) -> None:
             timed_out = True
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            # Leave no containers behind (bounded: destroy is a single podman rm per host).
-            subprocess.run(
-                ["molecule", "destroy", "-s", scenario],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=300,
-                check=False,
-            )
+        out.flush()
+        leaked = secrets_in_log(ephemeral / "secrets", log.read_text(errors="replace"))
+        generated = len(secret_values(ephemeral / "secrets"))
+        # Leave no containers behind (bounded: destroy is a single podman rm per host).
+        _molecule(["destroy"], scenario, env, out, timeout=300)
     took = time.monotonic() - started
-    print(f"molecule {scenario} ({arch}): {took:.0f}s")
+    print(f"molecule {scenario} ({arch}): {took:.0f}s, {generated} generated secret file(s)")
     if timed_out:
         limit = f"{SCENARIO_TIMEOUT_S} s"
         pytest.fail(f"molecule test -s {scenario} ({arch}) ran past {limit}; log {log}")
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-80:])
         pytest.fail(f"molecule test -s {scenario} failed (rc={proc.returncode}); log {log}\n{tail}")
+    assert not leaked, (
+        f"the -v output of molecule test -s {scenario} contains the value of generated "
+        f"secret(s) {', '.join(leaked)}; log {log}"
+    )
