@@ -23,7 +23,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from support import INSTALL_DB, MARIADBD, REDIS_SERVER, RedisServer, wait_mariadbd
+from support import (
+    INSTALL_DB,
+    MARIADBD,
+    REDIS_SERVER,
+    RedisServer,
+    mariadbd_command,
+    wait_mariadbd,
+)
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
@@ -110,25 +117,9 @@ class RestartableMariaDB:
             raise RuntimeError(f"mariadb-install-db failed: {r.stderr.decode()[-500:]}")
 
     def start(self, timeout: float = 60) -> None:
-        assert MARIADBD
         self.proc = subprocess.Popen(
-            [
-                MARIADBD,
-                "--no-defaults",
-                f"--datadir={self.dir / 'data'}",
-                f"--socket={self.dir / 'mysqld.sock'}",
-                f"--port={self.port}",
-                "--bind-address=127.0.0.1",
-                "--user=root",
-                "--skip-grant-tables",
-                "--skip-name-resolve",
-                "--innodb-buffer-pool-size=64M",
-                "--innodb-log-file-size=16M",
-                # durable commits: an acknowledged message must survive the restart
-                "--innodb-flush-log-at-trx-commit=1",
-                f"--pid-file={self.dir / 'mysqld.pid'}",
-                f"--log-error={self.dir / 'error.log'}",
-            ],
+            # durable commits: an acknowledged message must survive the restart
+            mariadbd_command(self.dir, self.port, durable=True),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
