@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -29,6 +30,30 @@ INSTALL_DB = shutil.which("mariadb-install-db") or shutil.which("mysql_install_d
 
 PASSWORD = "correct horse battery"
 _db_counter = itertools.count(1)
+
+
+# The design document's config.json example (mysql on localhost, port 8080): what the config
+# tests accept exactly and the fuzzer mutates. Shared: do not modify it in a test.
+DESIGN_EXAMPLE: dict[str, Any] = {
+    "server": {"port": 8080, "host": "0.0.0.0"},
+    "database": {
+        "type": "mysql",
+        "host": "localhost",
+        "port": 3306,
+        "user": "lanying",
+        "password": "password",
+        "database": "lanyingim",
+    },
+}
+
+
+def write_config(path: Path, content: dict[str, Any] | str | bytes) -> Path:
+    """Write a config file for `config.load` / `check-config` and return its path: a dict as
+    JSON, a str as UTF-8 text, bytes as they are (broken files included)."""
+    if isinstance(content, dict):
+        content = json.dumps(content)
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
 
 
 def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -69,9 +94,10 @@ def mariadbd_command(rundir: Path, port: int, *, durable: bool) -> list[str]:
     """The command line of a private mariadbd on 127.0.0.1:port whose datadir, socket, pid file
     and error log are rundir/data, rundir/mysqld.sock, rundir/mysqld.pid and rundir/error.log.
 
-    durable=True flushes the redo log at every commit (innodb-flush-log-at-trx-commit=1: an
-    acknowledged write survives a killed or restarted server, what the fault tests check);
-    durable=False flushes about once a second (=2: faster, enough for a throw-away database).
+    durable=True writes and flushes the redo log at every commit (innodb-flush-log-at-trx-commit
+    =1: an acknowledged write is on disk, what the fault tests' restarts rely on); durable=False
+    writes it at commit but flushes it about once a second (=2: it survives a mariadbd crash, not
+    an OS crash or power cut; faster, enough for a throw-away database).
     """
     assert MARIADBD
     return [

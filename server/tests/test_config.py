@@ -1,23 +1,10 @@
 """Configuration: the design's config.json shape, defaults, env overrides, clear errors."""
 
-import json
-
 import pytest
+from support import DESIGN_EXAMPLE, write_config
 
 from berrychat import config
 from berrychat.cli import main
-
-DESIGN_EXAMPLE = {
-    "server": {"port": 8080, "host": "0.0.0.0"},
-    "database": {
-        "type": "mysql",
-        "host": "localhost",
-        "port": 3306,
-        "user": "lanying",
-        "password": "password",
-        "database": "lanyingim",
-    },
-}
 
 
 def test_design_example_is_accepted_exactly():
@@ -121,17 +108,14 @@ def test_environment_overrides():
 
 
 def test_check_config_cli(tmp_path, capsys):
-    good = tmp_path / "config.json"
-    good.write_text(json.dumps(DESIGN_EXAMPLE))
+    good = write_config(tmp_path / "config.json", DESIGN_EXAMPLE)
     assert main(["check-config", str(good)]) == 0
     assert "config ok" in capsys.readouterr().out
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"database": {"port": "abc"}}))
+    bad = write_config(tmp_path / "bad.json", {"database": {"port": "abc"}})
     assert main(["check-config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == 'config error: database.port: expected integer 1-65535, got "abc"'
-    broken = tmp_path / "broken.json"
-    broken.write_text("{nope")
+    broken = write_config(tmp_path / "broken.json", "{nope")
     assert main(["check-config", str(broken)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
     assert main(["check-config", str(tmp_path / "missing.json")]) == 2

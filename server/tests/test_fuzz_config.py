@@ -17,6 +17,7 @@ import pytest
 from harness_fuzz import FULL, SEED, Counter, fuzz_settings, memory_growth, mutations
 from hypothesis import given
 from hypothesis import strategies as st
+from support import DESIGN_EXAMPLE, write_config
 
 from berrychat import config
 
@@ -153,19 +154,7 @@ def test_fuzz_config_files_and_memory(tmp_path: Path) -> None:
     count = Counter("config files (mutations)")
     rng = random.Random(SEED + 2)
     samples = [
-        json.dumps(
-            {
-                "server": {"port": 8080, "host": "0.0.0.0"},
-                "database": {
-                    "type": "mysql",
-                    "host": "localhost",
-                    "port": 3306,
-                    "user": "lanying",
-                    "password": "password",
-                    "database": "lanyingim",
-                },
-            }
-        ).encode(),
+        json.dumps(DESIGN_EXAMPLE).encode(),
         json.dumps(
             {
                 "limits": {"max_frame_bytes": 65536, "group_commit_ms": 2.5},
@@ -181,7 +170,7 @@ def test_fuzz_config_files_and_memory(tmp_path: Path) -> None:
 
     def batch(_: int) -> None:
         for data in mutations(samples, rng, per_batch):
-            path.write_bytes(data)
+            write_config(path, data)
 
             def run() -> None:
                 try:
@@ -199,8 +188,7 @@ def test_fuzz_config_files_and_memory(tmp_path: Path) -> None:
 def test_non_utf8_config_file_is_one_clear_error(tmp_path: Path) -> None:
     """Regression (found by the mutation fuzzer): a file that is not UTF-8 made `load` raise
     UnicodeDecodeError, so `serve`/`check-config` died with a traceback instead of one line."""
-    path = tmp_path / "config.json"
-    path.write_bytes(b'{"server": {"host": "\xdd\xdd"}}')
+    path = write_config(tmp_path / "config.json", b'{"server": {"host": "\xdd\xdd"}}')
     try:
         config.load(path, env={})
     except config.ConfigError as e:
