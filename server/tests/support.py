@@ -286,6 +286,7 @@ class World:
         self.port = server.port
         self.clients: list[Client] = []
         self._n = itertools.count(1)
+        self.updir: Path | None = None  # uploads.dir, set by start_upload_world()
 
     async def user(
         self, name: str | None = None, *, device: str = "d1", connect: bool = True
@@ -310,8 +311,31 @@ class World:
             with contextlib.suppress(Exception):
                 c.abort()
 
+    async def stop(self) -> None:
+        """Drop the clients and stop the server (half a second to drain)."""
+        await self.close()
+        await self.server.stop(drain_seconds=0.5)
+
 
 async def start_world(settings: config.Settings) -> World:
     server = Server(settings)
     await server.start()
     return World(server)
+
+
+async def start_upload_world(db: dict[str, Any], updir: Path, **uploads: Any) -> World:
+    """A running server that keeps attachments in `updir` (also `World.updir`), with more
+    `uploads` settings, e.g. max_image_bytes=300_000."""
+    w = await start_world(make_settings(db, uploads={"dir": str(updir), **uploads}))
+    w.updir = updir
+    return w
+
+
+async def pair(w: World) -> tuple[str, str, Client, Client, int]:
+    """Users ann and bob, each connected, and their direct conversation:
+    (ann's token, bob's token, ann's client, bob's client, conversation id)."""
+    _, ta, ca = await w.user("ann")
+    _, tb, cb = await w.user("bob")
+    assert ca is not None and cb is not None
+    conv = (await ca.request("conv.create", kind="direct", members=["bob"]))["conv"]
+    return ta, tb, ca, cb, conv

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from support import World, make_settings, start_world
+from support import World, pair, start_upload_world
 
 
 # ---- a tiny HTTP client (the server's own parser is under test; this side stays simple) -------
@@ -88,19 +88,9 @@ def temp_files(root: Path) -> list[Path]:
 
 @pytest.fixture
 async def mworld(backend: dict[str, Any], tmp_path: Path):
-    s = make_settings(backend, uploads={"dir": str(tmp_path / "up"), "max_image_bytes": 300_000})
-    w = await start_world(s)
-    w.updir = tmp_path / "up"  # type: ignore[attr-defined]
+    w = await start_upload_world(backend, tmp_path / "up", max_image_bytes=300_000)
     yield w
-    await w.close()
-    await w.server.stop(drain_seconds=0.5)
-
-
-async def pair(world: World):
-    a, ta, ca = await world.user("ann")
-    b, tb, cb = await world.user("bob")
-    conv = (await ca.request("conv.create", kind="direct", members=["bob"]))["conv"]
-    return ta, tb, ca, cb, conv
+    await w.stop()
 
 
 # ---- the main path ---------------------------------------------------------------------------
@@ -314,11 +304,7 @@ async def test_upload_is_streamed_to_disk_and_an_aborted_one_leaves_nothing(swor
 
 
 async def test_accel_redirect_in_production_mode(backend, tmp_path):
-    s = make_settings(
-        backend,
-        uploads={"dir": str(tmp_path / "up"), "accel_prefix": "/_berrychat_uploads/"},
-    )
-    w = await start_world(s)
+    w = await start_upload_world(backend, tmp_path / "up", accel_prefix="/_berrychat_uploads/")
     try:
         ta, tb, ca, cb, conv = await pair(w)
         st, r = await upload(w, ta, b"PK\x05\x06" + b"\0" * 18, "application/zip", "a.zip")
@@ -333,8 +319,7 @@ async def test_accel_redirect_in_production_mode(backend, tmp_path):
         st, h, _ = await http(w, "GET", f"/api/v1/files/{att['id']}", token=tc)
         assert st == 404 and "x-accel-redirect" not in h
     finally:
-        await w.close()
-        await w.server.stop(drain_seconds=0.5)
+        await w.stop()
 
 
 async def test_full_disk_gives_a_retryable_error_and_no_partial_file(sqlite_db, tmp_path):
@@ -347,7 +332,7 @@ async def test_full_disk_gives_a_retryable_error_and_no_partial_file(sqlite_db, 
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {r.stderr.decode()[:200]}")
     w: World | None = None
     try:
-        w = await start_world(make_settings(sqlite_db, uploads={"dir": str(updir)}))
+        w = await start_upload_world(sqlite_db, updir)
         _, ta, _ = await w.user("ann")
         st, body = await upload(w, ta, b"PK\x03\x04" + os.urandom(600_000), "application/zip")
         assert st == 507, body
@@ -358,23 +343,21 @@ async def test_full_disk_gives_a_retryable_error_and_no_partial_file(sqlite_db, 
         assert st == 201
     finally:
         if w is not None:
-            await w.close()
-            await w.server.stop(drain_seconds=0.5)
+            await w.stop()
         subprocess.run(["umount", str(updir)], check=False)
 
 
 async def test_unusable_uploads_dir_gives_a_clear_error(sqlite_db, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    w = await start_world(make_settings(sqlite_db, uploads={"dir": str(blocker / "up")}))
+    w = await start_upload_world(sqlite_db, blocker / "up")
     try:
         _, ta, _ = await w.user("ann")
         st, body = await upload(w, ta, b"PK\x03\x04", "application/zip")
         assert st == 503 and body["error"]["code"] == "unavailable"
         assert body["error"]["retryable"] is True
     finally:
-        await w.close()
-        await w.server.stop(drain_seconds=0.5)
+        await w.stop()
 
 
 # ---- the sans-I/O parser's streamed bodies -------------------------------------------------------

@@ -10,11 +10,10 @@ import struct
 import subprocess
 import wave
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
-from support import PASSWORD, World, make_settings, start_world
+from support import PASSWORD, pair, start_upload_world
 from test_attachments import http, png_bytes, upload
 
 from berrychat.client import ClientError, login
@@ -40,29 +39,13 @@ def jpeg_with_gps(size: tuple[int, int] = (400, 200), orientation: int = 6) -> b
     return buf.getvalue()
 
 
-async def _world(tmp_path: Path, db: dict[str, Any], **uploads: Any) -> World:
-    return await start_world(make_settings(db, uploads={"dir": str(tmp_path / "up"), **uploads}))
-
-
-async def _stop(w: World) -> None:
-    await w.close()
-    await w.server.stop(drain_seconds=0.5)
-
-
-async def _pair(w: World):
-    _, ta, ca = await w.user("ann")
-    _, tb, cb = await w.user("bob")
-    conv = (await ca.request("conv.create", kind="direct", members=["bob"]))["conv"]
-    return ta, tb, ca, cb, conv
-
-
 # ---- images ----------------------------------------------------------------------------------
 async def test_gps_exif_is_stripped_and_orientation_applied(sqlite_db, tmp_path):
     src = jpeg_with_gps()
     assert Image.open(io.BytesIO(src)).getexif().get_ifd(GPS_IFD)  # the test input has GPS
-    w = await _world(tmp_path, sqlite_db)
+    w = await start_upload_world(sqlite_db, tmp_path / "up")
     try:
-        ta, tb, ca, cb, conv = await _pair(w)
+        ta, tb, ca, cb, conv = await pair(w)
         st, r = await upload(w, ta, src, "image/jpeg", "IMG_0001.JPG")
         assert st == 201, r
         att = r["attachment"]
@@ -85,12 +68,12 @@ async def test_gps_exif_is_stripped_and_orientation_applied(sqlite_db, tmp_path)
         t = Image.open(io.BytesIO(thumb))
         assert t.size == (160, 320) and not t.getexif().get_ifd(GPS_IFD)
     finally:
-        await _stop(w)
+        await w.stop()
 
 
 async def test_metadata_is_kept_when_stripping_is_off(sqlite_db, tmp_path):
     src = jpeg_with_gps(orientation=1)
-    w = await _world(tmp_path, sqlite_db, strip_metadata=False)
+    w = await start_upload_world(sqlite_db, tmp_path / "up", strip_metadata=False)
     try:
         _, ta, _ = await w.user("ann")
         st, r = await upload(w, ta, src, "image/jpeg")
@@ -99,11 +82,11 @@ async def test_metadata_is_kept_when_stripping_is_off(sqlite_db, tmp_path):
         st, _, got = await http(w, "GET", f"/api/v1/files/{att['id']}", token=ta)
         assert got == src and Image.open(io.BytesIO(got)).getexif().get_ifd(GPS_IFD)
     finally:
-        await _stop(w)
+        await w.stop()
 
 
 async def test_pixel_cap_and_undecodable_images_are_refused(sqlite_db, tmp_path):
-    w = await _world(tmp_path, sqlite_db, max_image_pixels=10_000)
+    w = await start_upload_world(sqlite_db, tmp_path / "up", max_image_pixels=10_000)
     try:
         _, ta, _ = await w.user("ann")
         st, r = await upload(w, ta, png_bytes((200, 200)), "image/png")  # 40,000 pixels
@@ -116,7 +99,7 @@ async def test_pixel_cap_and_undecodable_images_are_refused(sqlite_db, tmp_path)
         root = w.server.media.files.root
         assert [p for p in (root / "tmp").iterdir()] == []
     finally:
-        await _stop(w)
+        await w.stop()
 
 
 # ---- voice -------------------------------------------------------------------------------------
@@ -161,9 +144,9 @@ def test_webm_duration_without_a_duration_element(tmp_path):
 
 
 async def test_voice_message_duration_and_played_receipt(backend, tmp_path):
-    w = await _world(tmp_path, backend)
+    w = await start_upload_world(backend, tmp_path / "up")
     try:
-        ta, tb, ca, cb, conv = await _pair(w)
+        ta, tb, ca, cb, conv = await pair(w)
         ca2 = await w.connect((await login(w.host, w.port, "ann", PASSWORD, "d2"))["token"])
         cb2 = await w.connect((await login(w.host, w.port, "bob", PASSWORD, "d2"))["token"])
         st, r = await upload(w, ta, wav_bytes(1.5), "audio/wav", "voice.wav")
@@ -195,7 +178,7 @@ async def test_voice_message_duration_and_played_receipt(backend, tmp_path):
             await cc.request("media.played", conv=conv, seq=ack["seq"])
         assert e.value.code == "not_found"
     finally:
-        await _stop(w)
+        await w.stop()
 
 
 # ---- video -------------------------------------------------------------------------------------
@@ -213,7 +196,7 @@ def _mp4(tmp_path: Path) -> bytes:
 
 
 async def test_video_without_ffmpeg_has_no_poster(sqlite_db, tmp_path):
-    w = await _world(tmp_path, sqlite_db, ffmpeg="/nonexistent/ffmpeg")
+    w = await start_upload_world(sqlite_db, tmp_path / "up", ffmpeg="/nonexistent/ffmpeg")
     try:
         _, ta, _ = await w.user("ann")
         # a minimal ISO-BMFF file (ftyp box): accepted as video, no poster can be made
@@ -222,14 +205,14 @@ async def test_video_without_ffmpeg_has_no_poster(sqlite_db, tmp_path):
         assert st == 201 and r["attachment"]["kind"] == "video"
         assert "poster" not in r["attachment"]
     finally:
-        await _stop(w)
+        await w.stop()
 
 
 @pytest.mark.skipif(not FFMPEG, reason="ffmpeg not installed (Debian package ffmpeg): no posters")
 async def test_video_poster_with_ffmpeg(sqlite_db, tmp_path):
-    w = await _world(tmp_path, sqlite_db)
+    w = await start_upload_world(sqlite_db, tmp_path / "up")
     try:
-        ta, tb, ca, cb, conv = await _pair(w)
+        ta, tb, ca, cb, conv = await pair(w)
         st, r = await upload(w, ta, _mp4(tmp_path), "video/mp4", "clip.mp4")
         att = r["attachment"]
         assert st == 201 and att["poster"] and abs(att["duration"] - 1.0) < 0.2
@@ -238,13 +221,13 @@ async def test_video_poster_with_ffmpeg(sqlite_db, tmp_path):
         assert st == 200 and h["content-type"] == "image/jpeg"
         assert Image.open(io.BytesIO(poster)).size == (320, 240)
     finally:
-        await _stop(w)
+        await w.stop()
 
 
 @pytest.mark.skipif(not FFMPEG, reason="ffmpeg not installed (Debian package ffmpeg)")
 async def test_voice_formats_made_by_ffmpeg(sqlite_db, tmp_path):
     """Ogg/Opus, MP3 and M4A (AAC) recordings of 1.2 s: accepted as voice, duration read."""
-    w = await _world(tmp_path, sqlite_db)
+    w = await start_upload_world(sqlite_db, tmp_path / "up")
     try:
         _, ta, _ = await w.user("ann")
         for ext, codec, mime in (
@@ -263,4 +246,4 @@ async def test_voice_formats_made_by_ffmpeg(sqlite_db, tmp_path):
             att = r["attachment"]
             assert att["kind"] == "voice" and abs(att["duration"] - 1.2) < 0.1, (ext, att)
     finally:
-        await _stop(w)
+        await w.stop()
