@@ -250,6 +250,19 @@ class UploadsSettings:
 
 
 @dataclass(frozen=True)
+class MediaSettings:
+    """Signed download links, orphaned uploads, per-user quotas (docs/server.md, "Uploads")."""
+
+    # HMAC-SHA256 key of signed download URLs (at least 32 characters); every process and Pi of
+    # a fleet needs the same one. Empty: a key generated on first start and kept next to
+    # uploads.dir, in the data directory (one host only; a warning is logged).
+    url_signing_key: str = ""
+    url_ttl_seconds: int = opt(3600, 60, 7 * 86400)  # a link lives this long to 1.5x as long
+    orphan_ttl_hours: float = opt(24.0, 0.01, 24 * 3650)  # never-sent uploads older: deleted
+    user_quota_mb: int = opt(1024, 0, 1 << 30)  # stored bytes per user in MiB (0 = unlimited)
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -264,6 +277,7 @@ class Settings:
     ai: AiSettings = field(default_factory=AiSettings)
     # Reserved for later features; accepted as free-form objects today.
     uploads: UploadsSettings = field(default_factory=UploadsSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
     metrics: Mapping[str, Any] = field(default_factory=dict)
     tls: Mapping[str, Any] = field(default_factory=dict)
     source: str = "defaults"
@@ -288,6 +302,7 @@ _SECTIONS = {
     "heartbeat": HeartbeatSettings,
     "redis": RedisSettings,
     "uploads": UploadsSettings,
+    "media": MediaSettings,
     "calls": CallsSettings,
     "bots": BotsSettings,
     "ai": AiSettings,
@@ -388,6 +403,8 @@ def from_dict(raw: Any, *, env: Mapping[str, str] | None = None, source: str = "
     ap = s.uploads.accel_prefix
     if ap and not (ap.startswith("/") and ap.endswith("/") and ap.isprintable() and " " not in ap):
         raise ConfigError("uploads.accel_prefix", "expected a path like /_uploads/")
+    if s.media.url_signing_key and len(s.media.url_signing_key) < 32:
+        raise ConfigError("media.url_signing_key", "expected at least 32 characters")
     if s.ai.enabled and not s.ai.base_url.startswith(("http://", "https://")):
         raise ConfigError("ai.base_url", "expected an http:// or https:// URL")
     if s.calls.turn_urls and not s.calls.turn_secret:
@@ -431,7 +448,7 @@ def redacted(s: Settings) -> dict[str, Any]:
     for r in d["replicas"]:
         if r.get("password"):
             r["password"] = "***"
-    for sec, key in (("calls", "turn_secret"), ("ai", "api_key")):
+    for sec, key in (("calls", "turn_secret"), ("ai", "api_key"), ("media", "url_signing_key")):
         if d[sec].get(key):
             d[sec][key] = "***"
     return d

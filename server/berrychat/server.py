@@ -264,6 +264,7 @@ class Server:
         self.gateway.start()
         self._janitor = loop.create_task(self._clean_sessions())
         self._auditor = loop.create_task(self._audit_sessions())
+        self.media.start()  # the orphaned-upload sweep
         log.info("listening on %s:%d (database %s)", s.host, self.port, self.settings.database.type)
 
     async def _clean_sessions(self) -> None:
@@ -332,6 +333,7 @@ class Server:
         for task in (self._janitor, self._auditor):
             if task is not None:
                 task.cancel()
+        await self.media.stop()
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)

@@ -115,7 +115,7 @@ async def test_image_message_reaches_member_who_downloads_original_and_thumbnail
     assert h["x-content-type-options"] == "nosniff" and h["content-disposition"].startswith(
         "inline"
     )
-    st, h, thumb = await http(mworld, "GET", f"/api/v1/files/{att['thumb']}?token={tb}")
+    st, h, thumb = await http(mworld, "GET", f"/api/v1/files/{att['thumb']}", token=tb)
     assert st == 200 and h["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(thumb)).size == (320, 240)
     # a range (audio/video seeking in the embedded mode)

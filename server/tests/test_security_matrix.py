@@ -379,6 +379,13 @@ HTTP_ROWS: dict[tuple[str, str], Http] = {
         lambda c: "/api/v1/uploads?name=a.bin", lambda c: b"plain bytes", _users(201), 401
     ),
     ("GET", r"/api/v1/uploads/limits"): Http(lambda c: "/api/v1/uploads/limits", None, {}, 200),
+    # signed download links are issued to any user; the download itself checks membership
+    ("POST", r"/api/v1/files/links"): Http(
+        lambda c: "/api/v1/files/links",
+        lambda c: {"ids": ["AAAAAAAAAAAAAAAAAAAAAA"]},
+        _users(200),
+        401,
+    ),
     ("GET", r"/api/v1/files/(?P<aid>[A-Za-z0-9_-]{8,32})"): Http(
         lambda c: f"/api/v1/files/{c.attachment}", None, _member_only(200), 401
     ),

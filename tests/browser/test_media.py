@@ -58,7 +58,11 @@ def test_two_people_exchange_an_image_and_a_file(pages: Pages, server: ServerPro
     loaded(bob_page, "berries.png")
     link = image_msg(bob_page, "berries.png").get_by_role("link", name="Open image berries.png")
     expect(link).to_have_attribute("aria-label", "Open image berries.png (800×600)")
-    status, ctype, size = fetch_status(bob_page, link.get_attribute("href"))
+    # signed short-lived links, never the session token in a URL (§17)
+    href = link.get_attribute("href")
+    src = image_msg(bob_page, "berries.png").locator("img").get_attribute("src")
+    assert re.search(r"\?u=\d+&e=\d+&s=[\w-]{43}$", href) and "token" not in href + src
+    status, ctype, size = fetch_status(bob_page, href)
     assert (status, ctype, size) == (200, "image/png", len(photo))
 
     # Bob answers with a file: Ann downloads it.

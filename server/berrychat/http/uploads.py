@@ -2,7 +2,10 @@
 
 - `POST /api/v1/uploads` — the body is the file itself (streamed to disk as it arrives);
 - `GET /api/v1/uploads/limits` — per-kind size limits;
-- `GET /api/v1/files/<id>` — the bytes, for members of a conversation that references the file.
+- `POST /api/v1/files/links` — short-lived signed download URLs (media/links.py) for `<img>`,
+  `<audio>`, `<video>` and plain links, which cannot send an Authorization header;
+- `GET /api/v1/files/<id>` — the bytes, for members of a conversation that references the file,
+  authenticated by the Authorization header or by a signed link (never by `?token=`).
   With `uploads.accel_prefix` set, the answer is an `X-Accel-Redirect` and Nginx sends the file;
   otherwise this process streams it in chunks (Range requests supported).
 """
@@ -11,10 +14,12 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Any
 from urllib.parse import quote
 
 from ..chat.service import ChatService
+from ..media.links import LINK_PARAMS
 from ..media.service import MediaService
 from ..protocol.codes import ChatError
 from ..protocol.http11 import FileResponse, HttpError, Request
@@ -22,6 +27,8 @@ from ..protocol.http11 import FileResponse, HttpError, Request
 UPLOAD_PATH = "/api/v1/uploads"
 _RANGE = re.compile(r"bytes=(\d{0,15})-(\d{0,15})")
 INLINE_KINDS = ("image", "voice", "video", "thumbnail", "poster")
+AID = re.compile(r"[A-Za-z0-9_-]{8,32}")
+MAX_LINKS = 200  # ids per POST /api/v1/files/links
 
 
 class MediaHttp:
@@ -36,10 +43,11 @@ class MediaHttp:
         return None
 
     def routes(self) -> list[tuple[str, re.Pattern[str], Any, bool]]:
-        aid = r"(?P<aid>[A-Za-z0-9_-]{8,32})"
+        aid = rf"(?P<aid>{AID.pattern})"
         return [
             ("POST", re.compile(re.escape(UPLOAD_PATH)), self.upload, True),
             ("GET", re.compile(r"/api/v1/uploads/limits"), self.limits, False),
+            ("POST", re.compile(r"/api/v1/files/links"), self.links, True),
             ("GET", re.compile(rf"/api/v1/files/{aid}"), self.download, False),
         ]
 
@@ -56,14 +64,44 @@ class MediaHttp:
         att = await self.media.upload(s["user_id"], req.header("content-type"), name, body)
         return 201, {"attachment": att}
 
+    async def links(self, req: Request, s: dict[str, Any]) -> tuple[int, Any]:
+        """Signed download URLs for the caller, one per id. Issued for any well-formed id: the
+        download decides (an id the caller may not read answers 404 there, as always)."""
+        body = req.json()
+        ids = body.get("ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_LINKS:
+            raise ChatError("bad_field", f"ids: expected a list of 1-{MAX_LINKS} file ids")
+        for i in ids:
+            if not isinstance(i, str) or not AID.fullmatch(i):
+                raise ChatError("bad_field", "ids: every item must be a file id")
+        signer = self.media.signer
+        user = s["user_id"]
+        exp = signer.expiry(time.time())
+        out = {i: f"/api/v1/files/{i}?{signer.query(i, user, exp)}" for i in ids}
+        return 200, {"links": out, "expires_at": exp * 1000}
+
     async def download(self, req: Request, s: Any, aid: str) -> tuple[int, Any]:
         h = req.header("authorization", "") or ""
-        # <img>/<audio> cannot send headers: ?token= works like on the WebSocket URL
-        token = h[7:].strip() if h.lower().startswith("bearer ") else req.query.get("token", "")
-        if not token:
-            raise ChatError("not_authenticated", "send Authorization: Bearer <token>")
-        session = await self.chat.accounts.authenticate(token)
-        f = await self.media.readable(aid, session["user_id"])
+        if "token" in req.query:
+            # a session token in a URL reaches proxy logs and browser history: never accepted
+            # (even next to a valid header: the client must stop putting it there)
+            raise ChatError(
+                "token_in_url",
+                "downloads take Authorization: Bearer <token> or a signed link from "
+                "POST /api/v1/files/links, not ?token=",
+            )
+        if h.lower().startswith("bearer "):
+            session = await self.chat.accounts.authenticate(h[7:].strip())
+            user = session["user_id"]
+        elif any(k in req.query for k in LINK_PARAMS):
+            user = self.media.signer.verify(aid, req.query)
+            await self.media.user_active(user)
+        else:
+            raise ChatError(
+                "not_authenticated",
+                "send Authorization: Bearer <token> or a signed link (POST /api/v1/files/links)",
+            )
+        f = await self.media.readable(aid, user)
         headers = _file_headers(f)
         prefix = self.media.cfg.accel_prefix
         if prefix:

@@ -4,7 +4,9 @@ relay "played" receipts of voice messages. See docs/protocol.md, "Attachments"."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 import secrets
 import time
 import unicodedata
@@ -16,7 +18,8 @@ from ..protocol.codes import ChatError
 from ..protocol.frames import encode
 from ..store import Store, StoreError
 from ..store.base import MEDIA_KINDS, AttachmentStore, Dialect, Q, Tx, attachment_public
-from . import audio, images, sniff, video
+from . import audio, housekeeping, images, sniff, video
+from .links import KEY_FILE, LinkSigner, load_or_create_key
 from .storage import FileStore, StorageFull, TempFile
 
 log = logging.getLogger(__name__)
@@ -64,14 +67,103 @@ class MediaService:
         self.members = members  # async conv -> frozenset of member ids (the chat's cache)
         self.files = FileStore(uploads_dir(settings))
         self.ffmpeg = video.find_ffmpeg(self.cfg.ffmpeg) if self.cfg.video_posters else None
+        self.mcfg = settings.media
+        self._signer: LinkSigner | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def prepare(self) -> None:
         self.files.prepare()
+        if not self.mcfg.url_signing_key:
+            log.warning(
+                "media.url_signing_key is not set: download links are signed with a key kept "
+                "on this host (%s, made on first use); with several hosts, set the same "
+                "media.url_signing_key on all of them",
+                self.files.root.parent / KEY_FILE,
+            )
         if self.cfg.video_posters:
             if self.ffmpeg:
                 log.info("video posters: using %s", self.ffmpeg)
             else:
                 log.info("video posters: ffmpeg not found, video messages get no poster")
+
+    @property
+    def signer(self) -> LinkSigner:
+        """Signs and checks download links (media.url_signing_key, or a key kept next to
+        uploads.dir, in the data directory, when none is configured)."""
+        if self._signer is None:
+            key = self.mcfg.url_signing_key.encode()
+            if not key:
+                try:
+                    key = load_or_create_key(self.files.root.parent)  # the data directory
+                except OSError as e:
+                    log.error("cannot read or create the download link signing key: %s", e)
+                    raise ChatError("unavailable", "download links are unavailable; retry later")
+            self._signer = LinkSigner(key, self.mcfg.url_ttl_seconds)
+        return self._signer
+
+    # ---- housekeeping --------------------------------------------------------------------
+    def start(self) -> None:
+        """Sweep orphaned uploads soon after start, then about every hour (every process
+        does; the sweep is safe to run concurrently)."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    async def _sweep_loop(self) -> None:
+        # jitter: processes started together (a deploy) do not sweep together
+        await asyncio.sleep(random.uniform(10, 60))
+        while True:
+            try:
+                await self.sweep()
+            except Exception as e:  # the database may be down; try again next time
+                log.warning("orphaned upload sweep failed: %s", e)
+            await asyncio.sleep(3600 + random.uniform(0, 300))
+
+    async def sweep(self, now: float | None = None) -> housekeeping.SweepResult:
+        """Delete uploads no message references that are older than media.orphan_ttl_hours."""
+        ttl = self.mcfg.orphan_ttl_hours * 3600
+        res = await housekeeping.sweep_orphans(self.store, self.files, ttl, now)
+        if res.rows:
+            log.info("removed %d orphaned upload rows and %d files", res.rows, res.files)
+        return res
+
+    async def check_quota(self, user: int, incoming: int) -> None:
+        """Refuse (before any byte is stored) an upload that would take `user` over
+        media.user_quota_mb."""
+        quota = self.mcfg.user_quota_mb << 20
+        if not quota:
+            return
+        try:
+            used = await housekeeping.usage_bytes(self.store, user)
+        except StoreError as e:
+            raise _unavailable(e)
+        if used + incoming > quota:
+            raise ChatError(
+                "quota_exceeded",
+                f"this upload ({incoming} bytes) would exceed your storage quota "
+                f"({used} of {quota} bytes used)",
+            )
+
+    async def user_active(self, user: int) -> None:
+        """For signed links: the account still exists and is not disabled."""
+
+        def tx(d: Dialect) -> Tx[Any]:
+            return (yield Q("SELECT disabled FROM users WHERE id=?", (user,), "one"))
+
+        try:
+            r = await self.store.run(tx, write=False)
+        except StoreError as e:
+            raise _unavailable(e)
+        if r is None:
+            raise ChatError("link_invalid")
+        if r[0]:
+            raise ChatError("account_disabled")
 
     # ---- limits --------------------------------------------------------------------------
     def limit(self, kind: str) -> int:
@@ -97,6 +189,7 @@ class MediaService:
         cap = self.limit(kind)
         if body.length > cap:
             raise ChatError("too_large", f"{kind} uploads are limited to {cap} bytes")
+        await self.check_quota(user, body.length)
         name = clean_name(name_raw)
         timeout = self.cfg.idle_timeout_seconds
         try:

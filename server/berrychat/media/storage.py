@@ -59,8 +59,13 @@ class FileStore:
         digest = tmp.sha256()
         dest = self.path(digest)
         if dest.is_file():
-            tmp.discard()
-            return digest
+            try:
+                os.utime(dest)  # "just used": the orphan sweep leaves recent files alone
+            except FileNotFoundError:
+                pass  # removed by a sweep a moment ago: store these bytes again below
+            else:
+                tmp.discard()
+                return digest
         try:
             dest.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
             os.chmod(tmp.path, 0o640)
@@ -71,6 +76,30 @@ class FileStore:
                 raise StorageFull(str(e))
             raise
         return digest
+
+    def remove_unused(self, sha256: str, written_before: float) -> bool:
+        """Remove the stored file of a digest that no database row names any more (the caller
+        checked). An upload of the same bytes may be finishing at this moment (its row is not
+        written yet): such an upload refreshed the file's mtime (`commit`), so a file modified
+        at or after `written_before` (Unix time) is put back. The file is renamed aside first,
+        so a concurrent `commit` either refreshes it before (kept) or stores it anew after."""
+        path = self.path(sha256)
+        self.tmp.mkdir(parents=True, exist_ok=True, mode=0o750)
+        aside = self.tmp / f"rm-{sha256}-{secrets.token_hex(4)}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            if os.stat(aside).st_mtime >= written_before:
+                with contextlib.suppress(FileExistsError):  # stored anew meanwhile: same bytes
+                    os.link(aside, path)
+                return False
+        finally:
+            with contextlib.suppress(OSError):
+                aside.unlink()
+        # empty ab/cd/ directories stay: removing one could race with a commit into it
+        return True
 
     def store_bytes(self, data: bytes) -> str:
         """Store a small derived file (a thumbnail, a poster) and return its digest."""

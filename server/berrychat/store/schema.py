@@ -216,6 +216,20 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
             ],
         },
     ),
+    (
+        4,
+        "attachments: indexes for per-user quotas and the orphaned-upload sweep",
+        {
+            "sqlite": [
+                "CREATE INDEX IF NOT EXISTS attachments_uploader ON attachments (uploader_id)",
+                "CREATE INDEX IF NOT EXISTS attachments_created ON attachments (created_at)",
+            ],
+            "mysql": [
+                "CREATE INDEX IF NOT EXISTS attachments_uploader ON attachments (uploader_id)",
+                "CREATE INDEX IF NOT EXISTS attachments_created ON attachments (created_at)",
+            ],
+        },
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

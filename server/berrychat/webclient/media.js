@@ -40,8 +40,96 @@ export function sizeText(n) {
   return (n / 1024 / 1024).toFixed(1) + ' MB';
 }
 
-function fileUrl(id) {
-  return `/api/v1/files/${encodeURIComponent(id)}?token=${encodeURIComponent(ctx.token())}`;
+// ---- signed download links (§17) -----------------------------------------------------------
+// <img>, <audio>, <video> and <a> cannot send the Authorization header, and the session token
+// must never be in a URL: the server signs short-lived links, asked for in batches.
+const links = new Map(); // id -> {url, exp} (exp in ms), for the session `linksFor`
+let linksFor = null;
+let wanted = new Map(); // id -> [resolve, …] waiting for the next batch
+let batchTimer = null;
+const FRESH_MS = 120000; // a link that expires sooner is asked for again
+
+function session() {
+  if (linksFor !== ctx.token()) { // another login: links are bound to the user
+    links.clear();
+    linksFor = ctx.token();
+  }
+  return linksFor;
+}
+
+function fresh(id) {
+  session();
+  const l = links.get(id);
+  return l && l.exp - Date.now() > FRESH_MS ? l.url : null;
+}
+
+async function fetchLinks() {
+  batchTimer = null;
+  const batch = wanted;
+  wanted = new Map();
+  const ids = [...batch.keys()];
+  const token = session();
+  for (let i = 0; i < ids.length; i += 200) {
+    const part = ids.slice(i, i + 200);
+    let got = {};
+    try {
+      const r = await fetch('/api/v1/files/links', {
+        method: 'POST', cache: 'no-store',
+        headers: { 'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ ids: part }),
+      });
+      const d = await r.json();
+      if (r.ok && d && d.links && token === linksFor) {
+        got = d.links;
+        for (const id of part) {
+          if (typeof got[id] === 'string') links.set(id, { url: got[id], exp: d.expires_at });
+        }
+      }
+    } catch { /* offline: the elements stay without a source until they are shown again */ }
+    for (const id of part) for (const resolve of batch.get(id)) resolve(got[id] || null);
+  }
+}
+
+// A signed URL for a file id (cached while it stays valid for more than two minutes).
+export function fileLink(id, force = false) {
+  const url = !force && fresh(id);
+  if (url) return Promise.resolve(url);
+  return new Promise((resolve) => {
+    if (!wanted.has(id)) wanted.set(id, []);
+    wanted.get(id).push(resolve);
+    if (!batchTimer) batchTimer = setTimeout(fetchLinks, 0);
+  });
+}
+
+// Give `node[attr]` the signed URL of `id`; ask for a new one when the old one has expired
+// (an <img>/<audio>/<video> that fails to load, a link clicked late).
+function linkTo(node, attr, id) {
+  const set = (url) => { if (url) node.setAttribute(attr, url); };
+  fileLink(id).then(set);
+  if (node.tagName === 'A') {
+    node.addEventListener('click', (e) => {
+      const url = fresh(id);
+      if (url) {
+        if (node.getAttribute(attr) !== url) set(url); // renewed meanwhile: follow the new one
+        return;
+      }
+      e.preventDefault();
+      fileLink(id, true).then((url) => { if (url) { set(url); node.click(); } });
+    });
+  } else if (attr === 'src') {
+    let last = 0;
+    node.addEventListener('error', () => {
+      const url = fresh(id);
+      if (url && node.getAttribute(attr) !== url) {
+        set(url);
+        return;
+      }
+      if (Date.now() - last < 60000) return; // a real failure (gone, no access): no loop
+      last = Date.now();
+      fileLink(id, true).then(set);
+    });
+  }
+  return node;
 }
 
 async function loadLimits() {
@@ -184,17 +272,17 @@ export function attachmentEl(c, m) {
   if (a.kind === 'image') {
     const w = a.thumb_width || 240;
     const h = a.thumb_height || 180;
-    const img = el('img', { src: fileUrl(a.thumb || a.id), alt: name, width: String(w),
-      height: String(h), loading: 'lazy' });
-    wrap.append(el('a', { href: fileUrl(a.id), target: '_blank', rel: 'noopener',
-      class: 'att-image', 'aria-label': `Open image ${name} (${a.width}×${a.height})` }, img));
+    const img = linkTo(el('img', { alt: name, width: String(w), height: String(h),
+      loading: 'lazy' }), 'src', a.thumb || a.id);
+    wrap.append(linkTo(el('a', { target: '_blank', rel: 'noopener', class: 'att-image',
+      'aria-label': `Open image ${name} (${a.width}×${a.height})` }, img), 'href', a.id));
   } else if (a.kind === 'voice' || a.kind === 'video') {
-    const media = el(a.kind === 'voice' ? 'audio' : 'video', {
-      controls: '', preload: 'metadata', src: fileUrl(a.id),
-      poster: a.poster ? fileUrl(a.poster) : undefined,
+    const media = linkTo(el(a.kind === 'voice' ? 'audio' : 'video', {
+      controls: '', preload: 'metadata',
       'aria-label': (a.kind === 'voice' ? 'Voice message' : 'Video ' + name) +
         (a.duration ? ', ' + duration(a.duration) : ''),
-    });
+    }), 'src', a.id);
+    if (a.poster) linkTo(media, 'poster', a.poster);
     if (m.from !== ctx.me() && m.seq) {
       media.addEventListener('play', () => ctx.played(c, m), { once: true });
     }
@@ -203,11 +291,11 @@ export function attachmentEl(c, m) {
       .filter(Boolean).join(' · ');
     if (info) wrap.append(el('span', { class: 'att-info', text: info }));
   } else {
-    wrap.append(el('a', { href: fileUrl(a.id), download: name, class: 'att-file',
+    wrap.append(linkTo(el('a', { download: name, class: 'att-file',
       'aria-label': `Download ${name}, ${sizeText(a.size || 0)}` },
     el('span', { class: 'att-icon', 'aria-hidden': 'true', text: '📄' }),
     el('span', { class: 'att-name', text: name }),
-    el('span', { class: 'att-size', text: sizeText(a.size || 0) })));
+    el('span', { class: 'att-size', text: sizeText(a.size || 0) })), 'href', a.id));
   }
   return wrap;
 }
