@@ -1,6 +1,7 @@
-"""The orphaned-upload sweep (docs/server.md, "Uploads"), on SQLite and MariaDB with real files:
-uploads never sent (or whose every message was recalled) older than media.orphan_ttl_hours go,
-row, thumbnail and file; sent uploads, recent ones and files another upload shares (dedupe)
+"""The orphaned-upload sweep (docs/server.md, "Download links, orphans and quotas"), on SQLite
+and MariaDB with real files: uploads unreferenced (never sent, or every message recalled) for
+longer than media.orphan_ttl_hours go, row, thumbnail and file, the time counted from when they
+stopped being referenced; sent uploads, recent ones and files another upload shares (dedupe)
 stay; sweeping twice, or from two servers at once, deletes each row exactly once; a file an
 upload of the same bytes refreshed meanwhile is put back."""
 
@@ -104,6 +105,9 @@ async def test_two_servers_sweeping_at_once_delete_each_orphan_once(backend, tmp
             st, r = await upload(w1, ta, f"orphan {i}".encode() * 50, "text/plain")
             assert st == 201, r
             ids.add(r["attachment"]["id"])
+        # both find the twelve unreferenced uploads: each is recorded once
+        r1, r2 = await asyncio.gather(w1.server.media.sweep(), w2.server.media.sweep())
+        assert r1.marked + r2.marked == 12 and r1.rows + r2.rows == 0
         later = time.time() + DAY + 60
         r1, r2 = await asyncio.gather(
             w1.server.media.sweep(now=later), w2.server.media.sweep(now=later)
@@ -113,6 +117,36 @@ async def test_two_servers_sweeping_at_once_delete_each_orphan_once(backend, tmp
     finally:
         await w1.stop()
         await w2.stop()
+
+
+async def test_the_ttl_counts_from_when_an_upload_stopped_being_referenced(cworld):
+    """An old upload whose message is recalled gets the whole TTL from the recall, not from its
+    upload time; an upload sent after it was found unreferenced is forgotten and kept."""
+    w = cworld
+    ta, tb, ca, cb, conv = await pair(w)
+    _, old = await upload(w, ta, b"three days old, sent, then recalled", "text/plain")
+    _, late = await upload(w, ta, b"sent only after the first sweep", "text/plain")
+    old, late = old["attachment"], late["attachment"]
+
+    def age(d):
+        yield Q("UPDATE attachments SET created_at=? WHERE id=?", (0, old["id"]))
+
+    await w.server.store.run(age)
+    ack = await ca.request("msg.send", conv=conv, cid="o1", attachment=old["id"])
+    t0 = time.time()
+    res = await w.server.media.sweep(now=t0)
+    assert res.marked == 1 and res.rows == 0  # `late` is unreferenced; `old` is in a message
+    await ca.request("msg.send", conv=conv, cid="o2", attachment=late["id"])
+    await ca.request("msg.recall", conv=conv, cid="o3", seq=ack["seq"])
+    # the next sweep finds `old` unreferenced: its clock starts now, whatever its upload time
+    res = await w.server.media.sweep(now=t0 + 3600)
+    assert (res.marked, res.rows) == (1, 0)
+    res = await w.server.media.sweep(now=t0 + 3600 + DAY - 60)
+    assert res.rows == 0
+    # a day after that: `old` goes; `late`, referenced again, stays
+    res = await w.server.media.sweep(now=t0 + 3600 + DAY + 60)
+    assert res.rows == 1 and await row_ids(w) == {late["id"]}
+    assert not on_disk(w, old["sha256"]) and on_disk(w, late["sha256"])
 
 
 def test_a_file_refreshed_by_a_new_upload_of_the_same_bytes_is_put_back(tmp_path):

@@ -93,6 +93,7 @@ async def test_quota_refuses_from_the_head_and_leaves_nothing(qworld):
     assert st == 201, r
 
     # the orphan sweep removes ann's unsent uploads: her usage goes down, uploads fit again
+    await w.server.media.sweep()  # finds them unreferenced
     res = await w.server.media.sweep(now=time.time() + 2 * 86400)
     assert res.rows == 5
     assert await usage_bytes(w.server.store, ann["id"]) == 0

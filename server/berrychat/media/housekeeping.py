@@ -1,13 +1,16 @@
-"""Per-user storage quotas and the removal of uploads no message ever used (docs/server.md,
-"Uploads": `media.user_quota_mb`, `media.orphan_ttl_hours`).
+"""Per-user storage quotas and the removal of uploads no message references any more
+(docs/server.md, "Download links, orphans and quotas": `media.user_quota_mb`,
+`media.orphan_ttl_hours`).
 
-Both read the `attachments` and `attachment_refs` tables directly (migration 4 indexes
-`uploader_id` and `created_at` for them).
+Both read the `attachments` and `attachment_refs` tables directly; migration 4 adds the
+`attachments (uploader_id)` index for the quota and the `attachment_orphans` table (since when an
+upload has been unreferenced) for the sweep.
 
-Several processes (and Pis) may sweep at the same time: every row is deleted by a statement that
-re-checks that it is still an orphan, so exactly one process deletes it, and a stored file is only
-removed when no row of any user still names its digest (content-addressed dedupe: two uploads can
-share one file) — see `FileStore.remove_unused` for the race with an upload of the same bytes.
+Several processes (and Pis) may sweep at the same time: recording is idempotent (INSERT IGNORE),
+every row is deleted by a statement that re-checks that it is still an orphan (so exactly one
+process deletes it), and a stored file is only removed when no row of any user still names its
+digest (content-addressed dedupe: two uploads can share one file) — see
+`FileStore.remove_unused` for the race with an upload of the same bytes.
 """
 
 from __future__ import annotations
@@ -50,30 +53,59 @@ async def usage_bytes(store: Store, user: int) -> int:
 
 @dataclass
 class SweepResult:
+    marked: int = 0  # uploads newly found unreferenced (their clock starts)
     rows: int = 0  # attachment rows deleted (uploads with their thumbnails and posters)
     files: int = 0  # stored files removed
     kept_files: list[str] = field(default_factory=list)  # digests still used by another row
 
 
+_UNREFERENCED = "NOT EXISTS (SELECT 1 FROM attachment_refs r WHERE r.attachment_id = {})"
+
+
 async def sweep_orphans(
-    store: Store, files: FileStore, ttl_seconds: float, now: float | None = None
+    store: Store,
+    files: FileStore,
+    ttl_seconds: float,
+    now: float | None = None,
 ) -> SweepResult:
-    """Delete uploads older than `ttl_seconds` that no message references (never sent, or every
-    message that carried them recalled), with their thumbnails and posters, then the stored
-    files no remaining row names. Idempotent; safe with several processes sweeping at once."""
+    """Delete uploads that no message has referenced for longer than `ttl_seconds` (never sent,
+    or every message that carried them recalled), with their thumbnails and posters, then the
+    stored files no remaining row names. Idempotent; safe with several processes at once.
+
+    How long an upload has been unreferenced is kept in `attachment_orphans` (migration 4): each
+    sweep first forgets uploads referenced again, then records the newly unreferenced ones with
+    the sweep's time. So an upload goes between `ttl_seconds` and `ttl_seconds` plus one sweep
+    interval after it stopped being referenced (or was made, if never sent): late, never early."""
     t = time.time() if now is None else now
+    now_ms = int(t * 1000)
     cutoff_ms = int((t - ttl_seconds) * 1000)
     file_cutoff = t - max(ttl_seconds, FILE_GRACE_SECONDS)
     res = SweepResult()
-    orphan = (
-        "parent_id IS NULL AND created_at < ? AND NOT EXISTS "
-        "(SELECT 1 FROM attachment_refs r WHERE r.attachment_id = attachments.id)"
-    )
+
+    def track(d: Dialect) -> Tx[int]:
+        yield Q(  # referenced again (sent after all): its clock stops
+            "DELETE FROM attachment_orphans WHERE EXISTS (SELECT 1 FROM attachment_refs r "
+            "WHERE r.attachment_id = attachment_orphans.attachment_id)"
+        )
+        return (
+            yield Q(
+                f"{d.insert_ignore} INTO attachment_orphans (attachment_id, since) "
+                "SELECT a.id, ? FROM attachments a WHERE a.parent_id IS NULL AND "
+                + _UNREFERENCED.format("a.id")
+                + " AND NOT EXISTS (SELECT 1 FROM attachment_orphans o "
+                "WHERE o.attachment_id = a.id)",
+                (now_ms,),
+                "rowcount",
+            )
+        )
+
+    res.marked = max(0, await store.run(track) or 0)
 
     def find(d: Dialect) -> Tx[Any]:
         return (
             yield Q(
-                f"SELECT id FROM attachments WHERE {orphan} ORDER BY created_at LIMIT {BATCH}",
+                "SELECT attachment_id FROM attachment_orphans WHERE since < ? "
+                f"ORDER BY since LIMIT {BATCH}",
                 (cutoff_ms,),
                 "all",
             )
@@ -90,11 +122,17 @@ async def sweep_orphans(
                 rows = yield Q(
                     "SELECT sha256 FROM attachments WHERE id=? OR parent_id=?", (aid, aid), "all"
                 )
+                # re-checked in the statement: a message may reference it by now, or another
+                # process may have deleted it; the affected-row count says who did
                 gone = yield Q(
-                    f"DELETE FROM attachments WHERE id=? AND {orphan}", (aid, cutoff_ms), "rowcount"
+                    "DELETE FROM attachments WHERE id=? AND parent_id IS NULL AND "
+                    + _UNREFERENCED.format("attachments.id"),
+                    (aid,),
+                    "rowcount",
                 )
+                yield Q("DELETE FROM attachment_orphans WHERE attachment_id=?", (aid,))
                 if not gone:
-                    continue  # another process took it, or a message references it now
+                    continue
                 gone_children = yield Q(
                     "DELETE FROM attachments WHERE parent_id=?", (aid,), "rowcount"
                 )
@@ -109,7 +147,7 @@ async def sweep_orphans(
                 res.kept_files.append(sha)
             elif await asyncio.to_thread(files.remove_unused, sha, file_cutoff):
                 res.files += 1
-        if len(ids) < BATCH or n == 0:
+        if len(ids) < BATCH:
             break
     return res
 

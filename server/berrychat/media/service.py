@@ -126,7 +126,7 @@ class MediaService:
             await asyncio.sleep(3600 + random.uniform(0, 300))
 
     async def sweep(self, now: float | None = None) -> housekeeping.SweepResult:
-        """Delete uploads no message references that are older than media.orphan_ttl_hours."""
+        """Delete uploads no message has referenced for media.orphan_ttl_hours."""
         ttl = self.mcfg.orphan_ttl_hours * 3600
         res = await housekeeping.sweep_orphans(self.store, self.files, ttl, now)
         if res.rows:

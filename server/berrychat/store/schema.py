@@ -218,15 +218,22 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     ),
     (
         4,
-        "attachments: indexes for per-user quotas and the orphaned-upload sweep",
+        "attachments: per-user quota index; since when an upload is unreferenced (orphan sweep)",
         {
             "sqlite": [
                 "CREATE INDEX IF NOT EXISTS attachments_uploader ON attachments (uploader_id)",
-                "CREATE INDEX IF NOT EXISTS attachments_created ON attachments (created_at)",
+                """CREATE TABLE IF NOT EXISTS attachment_orphans (
+                    attachment_id TEXT PRIMARY KEY,
+                    since INTEGER NOT NULL) WITHOUT ROWID""",
+                "CREATE INDEX IF NOT EXISTS attachment_orphans_since ON attachment_orphans (since)",
             ],
             "mysql": [
                 "CREATE INDEX IF NOT EXISTS attachments_uploader ON attachments (uploader_id)",
-                "CREATE INDEX IF NOT EXISTS attachments_created ON attachments (created_at)",
+                """CREATE TABLE IF NOT EXISTS attachment_orphans (
+                    attachment_id VARCHAR(32) NOT NULL PRIMARY KEY,
+                    since BIGINT NOT NULL,
+                    KEY attachment_orphans_since (since))"""
+                + _MYSQL_TAIL,
             ],
         },
     ),
