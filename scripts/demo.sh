@@ -23,6 +23,16 @@ start_fleet() {
   for h in "${HOSTS[@]}"; do
     if podman container exists "$h"; then
       [[ "$(podman inspect -f '{{.State.Running}}' "$h")" == true ]] || podman start "$h" >/dev/null
+      # A host restored from a snapshot can leave podman believing a container runs whose
+      # processes are gone: exec then fails. Restart it once; if that fails too, say what to do.
+      if ! podman exec "$h" true >/dev/null 2>&1; then
+        podman restart -t 10 "$h" >/dev/null 2>&1 || true
+        podman exec "$h" true >/dev/null 2>&1 || {
+          echo "$h exists but cannot run commands (state: $(podman inspect -f '{{.State.Status}}' "$h"));" \
+            "remove the fleet with 'make demo-down' and run 'make demo' again" >&2
+          exit 1
+        }
+      fi
       continue
     fi
     ports=()
