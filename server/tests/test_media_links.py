@@ -73,6 +73,9 @@ async def test_member_downloads_through_a_signed_link_without_any_header(lworld)
     assert set(r["links"]) == {att["id"], att["thumb"]}
     # lives between url_ttl_seconds (3600) and 1.5 times as long
     assert t0 + 3600 <= r["expires_at"] / 1000 <= time.time() + 5400
+    assert (
+        3600 <= r["expires_in"] <= 5400 and abs(r["expires_at"] / 1000 - t0 - r["expires_in"]) < 3
+    )
     link = r["links"][att["id"]]
     assert link.startswith(f"/api/v1/files/{att['id']}?u=") and "token" not in link
     st, h, got = await http(w, "GET", link)

@@ -76,9 +76,11 @@ class MediaHttp:
                 raise ChatError("bad_field", "ids: every item must be a file id")
         signer = self.media.signer
         user = s["user_id"]
-        exp = signer.expiry(time.time())
+        now = time.time()
+        exp = signer.expiry(now)
         out = {i: f"/api/v1/files/{i}?{signer.query(i, user, exp)}" for i in ids}
-        return 200, {"links": out, "expires_at": exp * 1000}
+        # expires_in: clients time links on their own clock, whatever its skew
+        return 200, {"links": out, "expires_at": exp * 1000, "expires_in": exp - int(now)}
 
     async def download(self, req: Request, s: Any, aid: str) -> tuple[int, Any]:
         h = req.header("authorization", "") or ""

@@ -43,11 +43,13 @@ export function sizeText(n) {
 // ---- signed download links (§17) -----------------------------------------------------------
 // <img>, <audio>, <video> and <a> cannot send the Authorization header, and the session token
 // must never be in a URL: the server signs short-lived links, asked for in batches.
-const links = new Map(); // id -> {url, exp} (exp in ms), for the session `linksFor`
+// id -> {url, until, life}: `until` on this browser's clock (from the server's expires_in, so a
+// skewed clock does not matter), `life` the link's lifetime; for the session `linksFor`
+const links = new Map();
 let linksFor = null;
 let wanted = new Map(); // id -> [resolve, …] waiting for the next batch
 let batchTimer = null;
-const FRESH_MS = 120000; // a link that expires sooner is asked for again
+const FRESH_MS = 120000; // a link that expires sooner (or within a quarter of its life) is renewed
 
 function session() {
   if (linksFor !== ctx.token()) { // another login: links are bound to the user
@@ -60,7 +62,7 @@ function session() {
 function fresh(id) {
   session();
   const l = links.get(id);
-  return l && l.exp - Date.now() > FRESH_MS ? l.url : null;
+  return l && l.until - Date.now() > Math.min(FRESH_MS, l.life / 4) ? l.url : null;
 }
 
 async function fetchLinks() {
@@ -81,8 +83,10 @@ async function fetchLinks() {
       const d = await r.json();
       if (r.ok && d && d.links && token === linksFor) {
         got = d.links;
+        const life = (typeof d.expires_in === 'number' ? d.expires_in : 60) * 1000;
+        const until = Date.now() + life;
         for (const id of part) {
-          if (typeof got[id] === 'string') links.set(id, { url: got[id], exp: d.expires_at });
+          if (typeof got[id] === 'string') links.set(id, { url: got[id], until, life });
         }
       }
     } catch { /* offline: the elements stay without a source until they are shown again */ }
@@ -107,14 +111,21 @@ function linkTo(node, attr, id) {
   const set = (url) => { if (url) node.setAttribute(attr, url); };
   fileLink(id).then(set);
   if (node.tagName === 'A') {
+    let renewed = false;
     node.addEventListener('click', (e) => {
       const url = fresh(id);
       if (url) {
         if (node.getAttribute(attr) !== url) set(url); // renewed meanwhile: follow the new one
         return;
       }
+      if (renewed) return; // the click below, with the new link: follow it
       e.preventDefault();
-      fileLink(id, true).then((url) => { if (url) { set(url); node.click(); } });
+      fileLink(id, true).then((u) => {
+        if (!u) return;
+        set(u);
+        renewed = true;
+        try { node.click(); } finally { renewed = false; }
+      });
     });
   } else if (attr === 'src') {
     let last = 0;
