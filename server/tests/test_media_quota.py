@@ -110,3 +110,39 @@ async def test_zero_means_no_quota(sqlite_db, tmp_path):
             assert st == 201, r
     finally:
         await w.stop()
+
+
+async def test_uploads_in_progress_count_against_the_quota(sqlite_db, tmp_path):
+    """While one upload of a user is still arriving, a second one that would not fit beside it
+    is refused at once; when the first is stored, what is left of the quota is usable."""
+    w = await start(sqlite_db, tmp_path / "up", 1)
+    try:
+        _, ta, _ = await w.user("ann")
+        first = zip_bytes(700 * KIB)
+        r_, w_ = await asyncio.open_connection(w.host, w.port)
+        try:
+            w_.write(
+                b"POST /api/v1/uploads?name=first.zip HTTP/1.1\r\nHost: t\r\n"
+                + f"Authorization: Bearer {ta}\r\nContent-Type: application/zip\r\n".encode()
+                + f"Content-Length: {len(first)}\r\nConnection: close\r\n\r\n".encode()
+                + first[: 300 * KIB]
+            )
+            await w_.drain()
+            for _ in range(200):  # at most 10 s: the first upload is being received
+                if temp_files(w.updir) and temp_files(w.updir)[0].stat().st_size > 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert temp_files(w.updir), "the first upload never started"
+            st, r = await upload(w, ta, zip_bytes(400 * KIB), "application/zip", "second.zip")
+            assert st == 413 and r["error"]["code"] == "quota_exceeded"
+            assert f"{700 * KIB} more being uploaded" in r["error"]["message"]
+            w_.write(first[300 * KIB :])
+            await w_.drain()
+            st, _, body = await asyncio.wait_for(read_response(r_), 10)
+            assert st == 201, body
+        finally:
+            w_.close()
+        st, r = await upload(w, ta, zip_bytes(300 * KIB), "application/zip", "third.zip")
+        assert st == 201, r
+    finally:
+        await w.stop()

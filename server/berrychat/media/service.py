@@ -70,6 +70,7 @@ class MediaService:
         self.mcfg = settings.media
         self._signer: LinkSigner | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._inflight: dict[int, int] = {}  # user -> bytes of their uploads being received
 
     def prepare(self) -> None:
         self.files.prepare()
@@ -134,8 +135,9 @@ class MediaService:
         return res
 
     async def check_quota(self, user: int, incoming: int) -> None:
-        """Refuse (before any byte is stored) an upload that would take `user` over
-        media.user_quota_mb."""
+        """Refuse (before any byte is stored) an upload of `incoming` bytes that would take
+        `user` over media.user_quota_mb, counting their other uploads still being received by
+        this process (`incoming` is already among them)."""
         quota = self.mcfg.user_quota_mb << 20
         if not quota:
             return
@@ -143,11 +145,13 @@ class MediaService:
             used = await housekeeping.usage_bytes(self.store, user)
         except StoreError as e:
             raise _unavailable(e)
-        if used + incoming > quota:
+        pending = max(0, self._inflight.get(user, incoming) - incoming)
+        if used + pending + incoming > quota:
+            busy = f", {pending} more being uploaded" if pending else ""
             raise ChatError(
                 "quota_exceeded",
                 f"this upload ({incoming} bytes) would exceed your storage quota "
-                f"({used} of {quota} bytes used)",
+                f"({used} of {quota} bytes used{busy})",
             )
 
     async def user_active(self, user: int) -> None:
@@ -189,7 +193,20 @@ class MediaService:
         cap = self.limit(kind)
         if body.length > cap:
             raise ChatError("too_large", f"{kind} uploads are limited to {cap} bytes")
-        await self.check_quota(user, body.length)
+        # reserved while it is received: two uploads of one user at once cannot both pass
+        # the quota (on this process; across processes the overshoot is what is in flight)
+        self._inflight[user] = self._inflight.get(user, 0) + body.length
+        try:
+            await self.check_quota(user, body.length)
+            return await self._receive(user, kind, declared, name_raw, body)
+        finally:
+            left = self._inflight.pop(user) - body.length
+            if left:
+                self._inflight[user] = left
+
+    async def _receive(
+        self, user: int, kind: str, declared: str, name_raw: str | None, body: BodySource
+    ) -> dict[str, Any]:
         name = clean_name(name_raw)
         timeout = self.cfg.idle_timeout_seconds
         try:
