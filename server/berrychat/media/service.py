@@ -52,6 +52,10 @@ def clean_name(raw: str | None) -> str:
     return name[:255]
 
 
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
 def _unavailable(e: Exception) -> ChatError:
     log.warning("database error: %s", e)
     return ChatError("unavailable", "database unavailable, retry")
@@ -147,11 +151,11 @@ class MediaService:
             raise _unavailable(e)
         pending = max(0, self._inflight.get(user, incoming) - incoming)
         if used + pending + incoming > quota:
-            busy = f", {pending} more being uploaded" if pending else ""
+            busy = f", {_mib(pending)} more being uploaded" if pending else ""
             raise ChatError(
                 "quota_exceeded",
-                f"this upload ({incoming} bytes) would exceed your storage quota "
-                f"({used} of {quota} bytes used{busy})",
+                f"this upload ({_mib(incoming)}) would exceed your storage quota "
+                f"({_mib(used)} of {self.mcfg.user_quota_mb} MiB used{busy})",
             )
 
     async def user_active(self, user: int) -> None:
