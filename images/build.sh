@@ -62,6 +62,14 @@ if [[ "$flavour" == arm64 ]]; then
   # fail to start. This drop-in lives in the test image only; the roles stay unchanged.
   mkdir -p "$root/etc/systemd/system/service.d"
   printf '[Service]\nPrivateUsers=no\n' >"$root/etc/systemd/system/service.d/10-emulation.conf"
+  # Nor can systemd set up the credentials directory of units with LoadCredential= under
+  # qemu-user (status 243/CREDENTIALS): systemd-tmpfiles-setup would fail at every boot, and
+  # after a container restart /run/mysqld (and the like) would be missing. No credentials are
+  # passed to these containers, so the lists are emptied for the three boot units that have one.
+  for unit in systemd-tmpfiles-setup systemd-tmpfiles-setup-dev systemd-sysusers; do
+    mkdir -p "$root/etc/systemd/system/$unit.service.d"
+    printf '[Service]\nLoadCredential=\n' >"$root/etc/systemd/system/$unit.service.d/10-emulation.conf"
+  done
 fi
 chroot "$root" apt-get update -qq >/dev/null
 chroot "$root" apt-get clean
