@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import resource
 import secrets
 import shlex
@@ -623,7 +624,11 @@ async def bench_main(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {
         "command": "berrychat "
         + " ".join(shlex.quote(a) for a in (getattr(args, "argv", None) or sys.argv[1:])),
-        "server_command": " ".join(srv.cmd),
+        # Portable: no interpreter or temporary path of the machine that ran it.
+        "server_command": " ".join(
+            "python3" if a == sys.executable else re.sub(r"^.*/(config\.json)$", r"<tmp>/\1", a)
+            for a in srv.cmd
+        ),
         "database": settings.database.type,
         "host": {
             "cpus": os.cpu_count(),
