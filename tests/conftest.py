@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+# Helpers shared with the scenarios' verifiers (e.g. secret_scan) live in molecule/shared.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "molecule" / "shared"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,7 +1,8 @@
 """Find generated secrets in a log: the check behind "no secret in `ansible-playbook -v` output".
 
 Every Molecule scenario runs its playbooks with ANSIBLE_VERBOSITY=1; tests/test_molecule.py
-then looks for every value the run generated under berrychat_secrets_dir in that output.
+then looks for every value the run generated under berrychat_secrets_dir in that output. The
+fleet scenario's verifier looks for the same values in every log of every Pi.
 """
 
 from __future__ import annotations
