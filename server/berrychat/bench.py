@@ -623,7 +623,12 @@ async def bench_main(args: argparse.Namespace) -> int:
     srv = Spawned(str(cfg_path), port, pin, str(tmp / "server.log"))
     results: dict[str, Any] = {
         "command": "berrychat "
-        + " ".join(shlex.quote(a) for a in (getattr(args, "argv", None) or sys.argv[1:])),
+        + " ".join(
+            shlex.quote(re.sub(r"^/.*/([^/]+\.json)$", r"<tmp>/\1", a))
+            if a.startswith(tempfile.gettempdir())
+            else shlex.quote(a)
+            for a in (getattr(args, "argv", None) or sys.argv[1:])
+        ),
         # Portable: no interpreter or temporary path of the machine that ran it.
         "server_command": " ".join(
             "python3" if a == sys.executable else re.sub(r"^.*/(config\.json)$", r"<tmp>/\1", a)
