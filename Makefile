@@ -88,8 +88,11 @@ fuzz: venv
 
 # Faults under load, long version of server/tests/test_faults.py: private MariaDB, Redis, three
 # server processes and nginx on loopback; table + JSON under bench/results/. SOAK_ARGS="--rounds 5"
+# Then losing the primary Pi on a real fleet: the fleet scenario (site.yml on three virtual Pis,
+# rolling deploy and promote.yml under client traffic; 25-60 min).
 soak: venv
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+	$(MAKE) test-molecule SCENARIOS=fleet
 
 demo: venv images
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh up
