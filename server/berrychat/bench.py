@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import resource
 import secrets
 import shlex
@@ -41,6 +40,18 @@ from .store import open_store
 from .store.base import Dialect, Q, Tx, now_ms
 
 PASSWORD = "bench password 1"
+
+
+def _portable(arg: str) -> str:
+    """A command-line word as recorded in results: this interpreter as `python3`, a file in the
+    temporary directory as `<tmp>/<name>`."""
+    if arg == sys.executable:
+        return "python3"
+    if arg.startswith(tempfile.gettempdir() + os.sep):
+        return "<tmp>/" + os.path.basename(arg)
+    return arg
+
+
 HOST = "127.0.0.1"
 ZERO_MASK = b"\0\0\0\0"
 SETTLE = [1.0]  # seconds to let queues drain between phases (--settle)
@@ -622,18 +633,12 @@ async def bench_main(args: argparse.Namespace) -> int:
     port = free_port()
     srv = Spawned(str(cfg_path), port, pin, str(tmp / "server.log"))
     results: dict[str, Any] = {
+        # Portable: no interpreter or temporary path of the machine that ran it.
         "command": "berrychat "
         + " ".join(
-            shlex.quote(re.sub(r"^/.*/([^/]+\.json)$", r"<tmp>/\1", a))
-            if a.startswith(tempfile.gettempdir())
-            else shlex.quote(a)
-            for a in (getattr(args, "argv", None) or sys.argv[1:])
+            shlex.quote(_portable(a)) for a in (getattr(args, "argv", None) or sys.argv[1:])
         ),
-        # Portable: no interpreter or temporary path of the machine that ran it.
-        "server_command": " ".join(
-            "python3" if a == sys.executable else re.sub(r"^.*/(config\.json)$", r"<tmp>/\1", a)
-            for a in srv.cmd
-        ),
+        "server_command": " ".join(_portable(a) for a in srv.cmd),
         "database": settings.database.type,
         "host": {
             "cpus": os.cpu_count(),
