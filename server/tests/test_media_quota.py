@@ -51,6 +51,15 @@ async def qworld(backend: dict[str, Any], tmp_path: Path):
     await w.stop()
 
 
+def upload_head(token: str, name: str, length: int) -> bytes:
+    """The head of a zip upload whose body the test sends (or withholds) itself."""
+    return (
+        f"POST /api/v1/uploads?name={name} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/zip\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
 async def test_quota_refuses_from_the_head_and_leaves_nothing(qworld):
     w = qworld
     ann, ta, _ = await w.user("ann")
@@ -69,11 +78,7 @@ async def test_quota_refuses_from_the_head_and_leaves_nothing(qworld):
     # 200 KiB more would pass 1 MiB: refused from the head, the body is never sent
     r_, w_ = await asyncio.open_connection(w.host, w.port)
     try:
-        w_.write(
-            b"POST /api/v1/uploads?name=c.zip HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
-            + f"Authorization: Bearer {ta}\r\nContent-Type: application/zip\r\n".encode()
-            + f"Content-Length: {200 * KIB}\r\n\r\n".encode()
-        )
+        w_.write(upload_head(ta, "c.zip", 200 * KIB))
         await w_.drain()
         st, _, body = await asyncio.wait_for(read_response(r_), 10)
     finally:
@@ -123,12 +128,7 @@ async def test_uploads_in_progress_count_against_the_quota(sqlite_db, tmp_path):
         first = zip_bytes(700 * KIB)
         r_, w_ = await asyncio.open_connection(w.host, w.port)
         try:
-            w_.write(
-                b"POST /api/v1/uploads?name=first.zip HTTP/1.1\r\nHost: t\r\n"
-                + f"Authorization: Bearer {ta}\r\nContent-Type: application/zip\r\n".encode()
-                + f"Content-Length: {len(first)}\r\nConnection: close\r\n\r\n".encode()
-                + first[: 300 * KIB]
-            )
+            w_.write(upload_head(ta, "first.zip", len(first)) + first[: 300 * KIB])
             await w_.drain()
             for _ in range(200):  # at most 10 s: the first upload is being received
                 if temp_files(w.updir) and temp_files(w.updir)[0].stat().st_size > 0:
