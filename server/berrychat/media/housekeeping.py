@@ -11,6 +11,12 @@ every row is deleted by a statement that re-checks that it is still an orphan (s
 process deletes it), and a stored file is only removed when no row of any user still names its
 digest (content-addressed dedupe: two uploads can share one file) — see
 `FileStore.remove_unused` for the race with an upload of the same bytes.
+
+The process that deletes a row removes the file from its own `uploads.dir` at once; with several
+chat hosts the file may be on another host's disk instead (each host has its own directory). So
+every sweep also collects its own directory: a stored file that no row of the database names and
+that nobody wrote or re-uploaded within the grace window is removed, whichever process or host
+deleted its rows (`collect_unnamed_files`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 BATCH = 200  # orphans deleted per transaction
 MAX_BATCHES = 50  # per sweep; the rest waits for the next one
 FILE_GRACE_SECONDS = 600.0  # a file written or re-uploaded this recently is never removed
+CHECK_BATCH = 200  # digests looked up per query by the directory collection
 
 
 async def usage_bytes(store: Store, user: int) -> int:
@@ -55,7 +62,8 @@ async def usage_bytes(store: Store, user: int) -> int:
 class SweepResult:
     marked: int = 0  # uploads newly found unreferenced (their clock starts)
     rows: int = 0  # attachment rows deleted (uploads with their thumbnails and posters)
-    files: int = 0  # stored files removed
+    files: int = 0  # stored files removed from this process's uploads.dir (both ways below)
+    collected: int = 0  # of those: found by the directory scan (rows deleted by any process)
     kept_files: list[str] = field(default_factory=list)  # digests still used by another row
 
 
@@ -149,7 +157,69 @@ async def sweep_orphans(
                 res.files += 1
         if len(ids) < BATCH:
             break
+    res.collected = await collect_unnamed_files(store, files, file_cutoff)
+    res.files += res.collected
     return res
+
+
+async def collect_unnamed_files(store: Store, files: FileStore, written_before: float) -> int:
+    """Remove the files of this process's `uploads.dir` that no attachment row names and that
+    were last written (or refreshed by an upload of the same bytes, `FileStore.commit`) before
+    `written_before`: the files of rows another process — on this host or another — deleted, and
+    files whose upload failed before its row was written. Returns how many were removed.
+
+    The same guarantees as the removal after a row is deleted: a file any row names stays (the
+    rows are read after the directory, from the primary); a file written within the grace window
+    stays (an upload writes its file before its row); a file refreshed meanwhile is put back
+    (`remove_unused`). And a guard against a wrong database: when the `attachments` table is
+    empty, nothing is collected (a process pointed at a fresh or wrong database must not empty
+    the directory); the files wait for the next sweep after any upload."""
+    candidates = await asyncio.to_thread(files.stored_before, written_before)
+    if not candidates:
+        return 0
+    if not await _any_attachment(store):
+        log.warning(
+            "%s holds %d stored files older than the grace window but the database has no "
+            "attachments at all: not removing any (is this the right database?)",
+            files.root,
+            len(candidates),
+        )
+        return 0
+    removed = 0
+    for i in range(0, len(candidates), CHECK_BATCH):
+        chunk = candidates[i : i + CHECK_BATCH]
+        named = await _shas_named(store, chunk)
+        for sha in chunk:
+            if sha in named:
+                continue
+            if await asyncio.to_thread(files.remove_unused, sha, written_before):
+                removed += 1
+    if removed:
+        log.info("removed %d stored files that no attachment names any more", removed)
+    return removed
+
+
+async def _any_attachment(store: Store) -> bool:
+    def tx(d: Dialect) -> Tx[Any]:
+        return (yield Q("SELECT 1 FROM attachments LIMIT 1", (), "one"))
+
+    return (await store.run(tx)) is not None
+
+
+async def _shas_named(store: Store, shas: list[str]) -> set[str]:
+    """Which of these digests some attachment row (any user, any kind) names."""
+
+    def tx(d: Dialect) -> Tx[Any]:
+        marks = ",".join("?" * len(shas))
+        return (
+            yield Q(
+                f"SELECT DISTINCT sha256 FROM attachments WHERE sha256 IN ({marks})",
+                tuple(shas),
+                "all",
+            )
+        )
+
+    return {r[0] for r in await store.run(tx)}
 
 
 async def _sha_in_use(store: Store, sha: str) -> bool:

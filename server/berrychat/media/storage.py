@@ -15,9 +15,23 @@ import hashlib
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 
 _SHA = re.compile(r"[0-9a-f]{64}")
+_HEX2 = re.compile(r"[0-9a-f]{2}")
+
+
+def _subdirs(d: Path) -> list[Path]:
+    """The two-hex-digit subdirectories of the storage layout (`ab/`, `ab/cd/`)."""
+    try:
+        return sorted(
+            Path(e.path)
+            for e in os.scandir(d)
+            if _HEX2.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+        )
+    except OSError:  # not made yet (no upload so far), or not readable
+        return []
 
 
 class StorageFull(Exception):
@@ -100,6 +114,30 @@ class FileStore:
                 aside.unlink()
         # empty ab/cd/ directories stay: removing one could race with a commit into it
         return True
+
+    def stored_before(self, written_before: float) -> list[str]:
+        """The digests of the stored files under the root last modified before
+        `written_before` (Unix time): candidates for `remove_unused` once the database says
+        that no row names them. Only `ab/cd/<sha256>` entries that fit the layout are listed
+        (never `tmp/`, never anything else an operator put there)."""
+        out: list[str] = []
+        for a in _subdirs(self.root):
+            for b in _subdirs(a):
+                try:
+                    entries = list(os.scandir(b))
+                except OSError:
+                    continue
+                for e in entries:
+                    name = e.name
+                    if not (_SHA.fullmatch(name) and name[:2] == a.name and name[2:4] == b.name):
+                        continue
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue  # removed meanwhile
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime < written_before:
+                        out.append(name)
+        return out
 
     def store_bytes(self, data: bytes) -> str:
         """Store a small derived file (a thumbnail, a poster) and return its digest."""
