@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
@@ -34,10 +33,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import config
-from .client import http_json
-from .store import open_store
-from .store.base import Dialect, Q, Tx, now_ms
+from .. import config
+from ..client import http_json
+from ..store import open_store
+from ..store.base import Dialect, Q, Tx, now_ms
+from .direct import scenario_direct, scenario_direct_open
+from .measure import SETTLE, Cpu, pct, per_cpu, rss_kib
+from .wsclient import HOST, WS, Gen, client_frame
+
+__all__ = ["HOST", "WS", "Gen", "bench_main", "client_frame", "pct", "add_parser", "seed"]
 
 PASSWORD = "bench password 1"
 
@@ -50,225 +54,6 @@ def _portable(arg: str) -> str:
     if arg.startswith(tempfile.gettempdir() + os.sep):
         return "<tmp>/" + os.path.basename(arg)
     return arg
-
-
-HOST = "127.0.0.1"
-ZERO_MASK = b"\0\0\0\0"
-SETTLE = [1.0]  # seconds to let queues drain between phases (--settle)
-
-
-# ---- a cheap WebSocket client --------------------------------------------------------------
-def client_frame(obj: dict[str, Any]) -> bytes:
-    """A masked text frame with the all-zero key (valid; saves XOR work in the generator)."""
-    p = json.dumps(obj, separators=(",", ":")).encode()
-    n = len(p)
-    if n < 126:
-        head = bytes((0x81, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x81, 0x80 | 127)) + n.to_bytes(8, "big")
-    return head + ZERO_MASK + p
-
-
-class WS(asyncio.Protocol):
-    """One connection. `parse`: decode every text frame (acks, sampled latency); otherwise only
-    count `msg` pushes."""
-
-    def __init__(self, gen: Gen, token: str, parse: bool) -> None:
-        self.gen = gen
-        self.token = token
-        self.parse = parse
-        self.t: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.upgraded = False
-        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.msgs = 0
-        self.pending: dict[int, float] = {}
-        self.acks: dict[int, dict[str, Any]] = {}
-        self.waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.ids = 0
-        self.on_msg: Any = None
-
-    def connection_made(self, t: asyncio.BaseTransport) -> None:
-        self.t = t  # type: ignore[assignment]
-        key = base64.b64encode(os.urandom(16)).decode()
-        t.write(  # type: ignore[attr-defined]
-            (
-                f"GET /ws HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-            + client_frame({"type": "hello", "id": 0, "v": 1, "token": self.token})
-        )
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ready.done():
-            self.ready.set_result(False)
-        if not self.closed.done():
-            self.closed.set_result(None)
-        for f in self.waiters.values():
-            if not f.done():
-                f.set_exception(ConnectionError("closed"))
-
-    def send(self, obj: dict[str, Any]) -> None:
-        if self.t is not None and not self.t.is_closing():
-            self.t.write(client_frame(obj))
-
-    def request(self, obj: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
-        self.ids += 1
-        obj["id"] = self.ids
-        f: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiters[self.ids] = f
-        self.send(obj)
-        return f
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        if not self.upgraded:
-            i = buf.find(b"\r\n\r\n")
-            if i < 0:
-                return
-            if b" 101 " not in bytes(buf[:20]):
-                self.t.close()  # type: ignore[union-attr]
-                return
-            self.upgraded = True
-            del buf[: i + 4]
-        pos = 0
-        n = len(buf)
-        while n - pos >= 2:
-            b1 = buf[pos + 1] & 0x7F
-            if b1 == 126:
-                if n - pos < 4:
-                    break
-                ln = (buf[pos + 2] << 8) | buf[pos + 3]
-                hl = 4
-            elif b1 == 127:
-                if n - pos < 10:
-                    break
-                ln = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                hl = 10
-            else:
-                ln = b1
-                hl = 2
-            if n - pos < hl + ln:
-                break
-            op = buf[pos] & 0x0F
-            s = pos + hl
-            if op == 1:
-                if self.parse or not self.ready.done():
-                    self._text(json.loads(bytes(buf[s : s + ln])))
-                elif buf[s + 9 : s + 12] == b"msg":  # {"type":"msg",...
-                    self.msgs += 1
-            elif op == 9:
-                self.t.write(bytes((0x8A, 0x80)) + ZERO_MASK)  # type: ignore[union-attr]
-            elif op == 8:
-                self.t.close()  # type: ignore[union-attr]
-            pos = s + ln
-        if pos:
-            del buf[:pos]
-
-    def _text(self, f: dict[str, Any]) -> None:
-        t = f.get("type")
-        if t == "ack" or t == "error":
-            fid = f.get("id")
-            if fid == 0 and not self.ready.done():
-                self.ready.set_result(t == "ack")
-                return
-            w = self.waiters.pop(fid, None)
-            if w is not None and not w.done():
-                w.set_result(f)
-        elif t == "msg":
-            self.msgs += 1
-            if self.on_msg is not None:
-                self.on_msg(f)
-
-
-class Gen:
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
-
-    async def connect(self, token: str, parse: bool = False, timeout: float = 30.0) -> WS:
-        loop = asyncio.get_running_loop()
-        _, ws = await asyncio.wait_for(
-            loop.create_connection(lambda: WS(self, token, parse), self.host, self.port), timeout
-        )
-        if not await asyncio.wait_for(ws.ready, timeout):
-            raise ConnectionError("hello refused")
-        return ws
-
-    async def connect_many(
-        self, tokens: list[str], parse: Any = False, concurrency: int = 256, timeout: float = 120.0
-    ) -> tuple[list[WS], float]:
-        sem = asyncio.Semaphore(concurrency)
-        out: list[WS | None] = [None] * len(tokens)
-
-        async def one(i: int) -> None:
-            async with sem:
-                p = parse(i) if callable(parse) else parse
-                out[i] = await self.connect(tokens[i], p)
-
-        t0 = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(len(tokens)))), timeout)
-        return [w for w in out if w is not None], time.perf_counter() - t0
-
-
-def pct(xs: list[float], p: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-
-
-class Cpu:
-    """CPU seconds of this process (the generator) and of the server process."""
-
-    def __init__(self, server_pid: int | None) -> None:
-        self.pid = server_pid
-        self.t0 = time.perf_counter()
-        self.g0 = self._self()
-        self.s0 = self._server()
-
-    @staticmethod
-    def _self() -> float:
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
-
-    def _server(self) -> float:
-        if self.pid is None:
-            return 0.0
-        try:
-            f = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            return 0.0
-
-    def done(self) -> dict[str, float]:
-        wall = time.perf_counter() - self.t0
-        return {
-            "wall_s": round(wall, 3),
-            "generator_cpu_pct": round(100 * (self._self() - self.g0) / wall, 1),
-            "server_cpu_pct": round(100 * (self._server() - self.s0) / wall, 1)
-            if self.pid
-            else None,
-        }
-
-
-def _per_cpu(rate: float, res: dict[str, Any]) -> int | None:
-    """Throughput per second of server CPU: what one whole core would carry if the server
-    were CPU-bound (on a loaded host the server gets only part of its core)."""
-    pct = res.get("server_cpu_pct")
-    return round(rate * 100 / pct) if pct else None
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 # ---- seeding -------------------------------------------------------------------------------
@@ -468,7 +253,7 @@ async def scenario_fanout(
         got = sum(m.msgs for m in members)
         res = cpu.done()
         lost = n * expect - got
-        res["deliveries_per_server_cpu_s"] = _per_cpu(got / seconds, res)
+        res["deliveries_per_server_cpu_s"] = per_cpu(got / seconds, res)
         rows.append(
             {
                 "rate_msgs_per_s": rate,
@@ -486,55 +271,6 @@ async def scenario_fanout(
         m.t.abort()  # type: ignore[union-attr]
     await asyncio.sleep(SETTLE[0])
     return rows
-
-
-async def scenario_direct(
-    gen: Gen, w: dict[str, Any], pid: int, seconds: float, window: int, users: int
-) -> dict[str, Any]:
-    pairs = w["direct"][: users // 2]
-    conns, _ = await gen.connect_many(w["tokens"][: 2 * len(pairs)], parse=True)
-    lat: list[float] = []
-    done = 0
-    stop_at = time.perf_counter() + seconds
-
-    async def sender(c: WS, conv: int, k: int) -> None:
-        nonlocal done
-        i = 0
-        while time.perf_counter() < stop_at and i < 1_000_000:
-            i += 1
-            t = time.perf_counter()
-            r = await c.request({"type": "msg.send", "conv": conv, "cid": f"{k}-{i}", "text": "hi"})
-            if r.get("type") != "ack":
-                raise RuntimeError(r)
-            lat.append(time.perf_counter() - t)
-            done += 1
-
-    for c in conns:
-        c.msgs = 0
-    cpu = Cpu(pid)
-    tasks = []
-    for p, conv in enumerate(pairs):
-        for _ in range(window):
-            tasks.append(sender(conns[2 * p], conv, len(tasks)))
-    await asyncio.wait_for(asyncio.gather(*tasks), seconds + 60)
-    res = cpu.done()
-    res["msgs_per_server_cpu_s"] = _per_cpu(done / res["wall_s"], res)
-    await asyncio.sleep(SETTLE[0])
-    pushes = sum(c.msgs for c in conns)
-    for c in conns:
-        c.t.abort()  # type: ignore[union-attr]
-    await asyncio.sleep(SETTLE[0])
-    return {
-        "pairs": len(pairs),
-        "in_flight_per_sender": window,
-        "messages": done,
-        "msgs_per_s": round(done / res["wall_s"]),
-        "ack_p50_ms": round(pct(lat, 50) * 1000, 2),
-        "ack_p99_ms": round(pct(lat, 99) * 1000, 2),
-        "pushes_received": pushes,
-        "pushes_expected": 2 * done,
-        **res,
-    }
 
 
 async def scenario_storm(gen: Gen, w: dict[str, Any], pid: int, clients: int) -> dict[str, Any]:
@@ -593,7 +329,17 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--rates", default="50,100,200,300,400", help="group fan-out msgs/s steps")
     b.add_argument("--seconds", type=float, default=5.0, help="seconds per load step")
     b.add_argument("--users", type=int, default=1000, help="1:1 scenario users (pairs = /2)")
-    b.add_argument("--window", type=int, default=8, help="1:1 sends in flight per sender")
+    b.add_argument(
+        "--direct-rates",
+        default="2000,4000,8000,12000,14000,16000",
+        help="1:1 open-loop offered msgs/s steps (all pairs together; empty: skip)",
+    )
+    b.add_argument(
+        "--window",
+        type=int,
+        default=8,
+        help="1:1 closed loop: sends in flight per sender (0 skips it)",
+    )
     b.add_argument("--storm", type=int, default=10000, help="reconnect storm clients")
     b.add_argument("--settle", type=float, default=1.0, help="pause between phases (s)")
     b.add_argument("--results", default="", help="results directory (default bench/results)")
@@ -601,7 +347,7 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .cli import _run
+    from ..cli import _run
 
     return int(_run(bench_main(args)) or 0)
 
@@ -674,10 +420,32 @@ async def bench_main(args: argparse.Namespace) -> int:
             out.append(table("(b) 500-member group fan-out", rows))
             print(out[-1], flush=True)
         if "direct" in scen:
-            row = await scenario_direct(gen, w, srv.pid, args.seconds, args.window, args.users)
-            results["direct"] = row
-            out.append(table(f"(c) 1:1 durable messages ({settings.database.type})", [row]))
-            print(out[-1], flush=True)
+            db = settings.database.type
+            results["direct"] = direct = {}
+            drates = [int(x) for x in args.direct_rates.split(",") if x]
+            if drates:
+                o = await scenario_direct_open(gen, w, srv.pid, drates, args.seconds, args.users)
+                direct["open_loop"] = o
+                out.append(
+                    table(
+                        f"(c) 1:1 durable messages ({db}), open loop, {o['pairs']} pairs: "
+                        f"best {o['best_rate_p99_le_50ms_nothing_lost']}/s "
+                        "with ack p99 <= 50 ms and nothing lost",
+                        o["steps"],
+                    )
+                )
+                print(out[-1], flush=True)
+            if args.window > 0:
+                row = await scenario_direct(gen, w, srv.pid, args.seconds, args.window, args.users)
+                direct["closed_loop"] = row
+                out.append(
+                    table(
+                        f"(c) 1:1 durable messages ({db}), closed loop, "
+                        f"{args.window} in flight per sender (latency = queue)",
+                        [row],
+                    )
+                )
+                print(out[-1], flush=True)
         if "storm" in scen:
             row = await scenario_storm(gen, w, srv.pid, args.storm)
             results["storm"] = row
@@ -712,6 +480,6 @@ def _has_uvloop() -> bool:
 def _results_dir() -> Path:
     here = Path(__file__).resolve()
     for p in here.parents:
-        if (p / "bench").is_dir() or (p / "server" / "pyproject.toml").exists():
+        if (p / "bench" / "results").is_dir() or (p / "server" / "pyproject.toml").exists():
             return p / "bench" / "results"
     return Path.cwd() / "bench" / "results"
