@@ -62,7 +62,7 @@ test-browser: venv host
 	@if [ -d tests/browser ]; then $(BIN)/python -m pytest -q tests/browser; else echo "no browser tests yet"; fi
 
 test-molecule: venv images
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests/test_secret_scan.py tests/test_molecule.py \
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests/test_secret_scan.py tests/test_scheduling.py tests/test_molecule.py \
 	  -n $(MOLECULE_JOBS) --dist loadgroup $(if $(SCENARIOS),--scenarios "$(SCENARIOS)")
 
 test: lint test-server test-browser test-molecule
