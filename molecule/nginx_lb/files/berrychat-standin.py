@@ -2,7 +2,8 @@
 """Stand-in for a BerryChat instance until the berrychat role lands (test fixture only).
 
 Speaks just enough HTTP/1.1 (keep-alive) and WebSocket for the nginx_lb scenario:
-  /api/v1/files/<name>  -> empty 200 with "X-Accel-Redirect: /_protected/uploads/<name>"
+  GET /api/v1/files/<name>  -> empty 200 with "X-Accel-Redirect: /_protected/uploads/<name>"
+                               (with ?whoami in the query: the JSON answer below instead)
   /ws (Upgrade)         -> 101, then echoes one text frame and closes
   anything else         -> 200 JSON: instance port, host name, path, forwarded headers
 Usage: berrychat-standin PORT
@@ -63,7 +64,7 @@ async def handle(reader, writer):
                 await writer.drain()
                 return
             extra = ""
-            if path.startswith("/api/v1/files/"):
+            if method == "GET" and path.startswith("/api/v1/files/") and "whoami" not in path:
                 extra = "X-Accel-Redirect: /_protected/uploads/" + path.rsplit("/", 1)[1] + "\r\n"
                 payload = b""
             else:

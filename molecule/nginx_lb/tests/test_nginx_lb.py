@@ -1,5 +1,6 @@
 """nginx_lb behaviour, probed from the edge container (and from the chat server for the
-loopback-only check). The upstream is the BerryChat stand-in on nginx_lb-chat1 (prepare.yml)."""
+loopback-only check). The upstreams are BerryChat stand-ins (prepare.yml): two on nginx_lb-chat1,
+one on the edge itself, which alone takes uploads and downloads."""
 
 import json
 import os
@@ -34,11 +35,69 @@ def test_configuration_is_valid(host):
     assert host.service("nginx").is_enabled
 
 
+EDGE = "nginx_lb-edge"
+ALL_INSTANCES = {(EDGE, 8100), ("nginx_lb-chat1", 8100), ("nginx_lb-chat1", 8101)}
+
+
+def upstream_servers(site, name):
+    """The `server` addresses of one upstream block of the rendered site."""
+    block = site.split(f"upstream {name} {{", 1)[1].split("}", 1)[0]
+    return [line.split()[1] for line in block.splitlines() if line.strip().startswith("server ")]
+
+
+def location(site, head):
+    """The body of the location block that starts with `head` (e.g. "location = /ws")."""
+    return site.split(head + " {", 1)[1].split("}", 1)[0]
+
+
 def test_upstreams_come_from_the_inventory(host):
     site = host.file("/etc/nginx/sites-available/berrychat.conf").content_string
     assert "least_conn;" in site
-    assert "server nginx_lb-chat1:8100 " in site
-    assert "server nginx_lb-chat1:8101 " in site
+    assert sorted(upstream_servers(site, "berrychat")) == [
+        "nginx_lb-chat1:8100",
+        "nginx_lb-chat1:8101",
+        f"{EDGE}:8100",
+    ]
+    # uploads and downloads: the instances of the edge itself, whose disk nginx sends from
+    assert upstream_servers(site, "berrychat_media") == [f"{EDGE}:8100"]
+
+
+def test_file_routes_go_only_to_the_edge_instances_in_the_config(host):
+    site = host.file("/etc/nginx/sites-available/berrychat.conf").content_string
+    for head in ("location = /api/v1/uploads", "location ^~ /api/v1/files/"):
+        assert "proxy_pass http://berrychat_media;" in location(site, head), head
+    for head in ("location = /ws", "location /api/", "location = /api/v1/login"):
+        assert "proxy_pass http://berrychat;" in location(site, head), head
+    assert site.count("proxy_pass http://berrychat_media;") == 2
+
+
+def answered_by(host, cmd):
+    body = json.loads(sh(host, cmd))
+    return body["host"], body["instance"]
+
+
+def test_uploads_downloads_and_links_reach_only_the_edge_instance(host):
+    """Real requests through nginx: every upload, download and download-link request lands on
+    the edge's own instance, while the rest of the API reaches all three instances."""
+    seen = set()
+    for i in range(6):
+        seen.add(answered_by(host, CURL + f"https://127.0.0.1/api/v1/files/f{i}?whoami={i}"))
+        seen.add(
+            answered_by(
+                host,
+                CURL + f"--data-binary 'upload {i}' https://127.0.0.1/api/v1/uploads?name=u{i}",
+            )
+        )
+        seen.add(
+            answered_by(
+                host,
+                CURL + '-H "Content-Type: application/json" --data-binary \'{"ids":["abcdefgh"]}\' '
+                "https://127.0.0.1/api/v1/files/links",
+            )
+        )
+    assert seen == {(EDGE, 8100)}
+    others = {answered_by(host, CURL + f"https://127.0.0.1/api/v1/me?n={i}") for i in range(12)}
+    assert others == ALL_INSTANCES
 
 
 def test_plain_http_redirects_to_https(host):
@@ -95,16 +154,15 @@ def test_static_client_with_caching_headers(host):
     assert "strict-transport-security" in asset.lower()
 
 
-def test_api_reaches_every_upstream_instance_on_the_chat_server(host):
+def test_api_reaches_every_upstream_instance(host):
     seen = set()
-    for i in range(8):
+    for i in range(12):
         body = json.loads(sh(host, CURL + f"https://127.0.0.1/api/v1/me?i={i}"))
-        assert body["host"] == "nginx_lb-chat1"
         assert body["path"] == f"/api/v1/me?i={i}"
         assert body["forwarded_proto"] == "https"
         assert body["real_ip"] == "127.0.0.1"
-        seen.add(body["instance"])
-    assert seen == {8100, 8101}
+        seen.add((body["host"], body["instance"]))
+    assert seen == ALL_INSTANCES
 
 
 def test_websocket_upgrade_through_nginx(host):
@@ -155,7 +213,7 @@ def test_stub_status_on_loopback(host):
     assert not host.socket("tcp://0.0.0.0:8089").is_listening
 
 
-@pytest.mark.parametrize("chat", hosts_in("chat_servers"))
+@pytest.mark.parametrize("chat", hosts_in("remote_chat"))
 def test_stub_status_not_reachable_from_the_fleet(chat):
     other = testinfra.get_host(chat)
     probe = other.run(
@@ -179,12 +237,8 @@ def test_login_rate_limit(host):
     assert sh(host, CURL + "-o /dev/null -w '%{http_code}' https://127.0.0.1/api/v1/me") == "200"
 
 
-def test_rejected_configuration_is_rolled_back(host):
-    """Re-apply the role with a value nginx -t rejects: the play must fail, the previous files
-    must be back and nginx must go on serving."""
-    site = "/etc/nginx/sites-available/berrychat.conf"
-    before = host.file(site).sha256sum
-    pid_before = sh(host, "cat /run/nginx.pid")
+def converge(*extra):
+    """Run the scenario's converge.yml again with more ansible-playbook arguments."""
     env = dict(os.environ)
     ephemeral_cfg = os.path.join(
         env.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"), "ansible.cfg"
@@ -196,21 +250,23 @@ def test_rejected_configuration_is_rolled_back(host):
     )
     playbook = os.path.join(os.path.dirname(__file__), "..", "converge.yml")
     run = subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            env["MOLECULE_INVENTORY_FILE"],
-            playbook,
-            "-e",
-            "nginx_lb_client_max_body_size=25q",
-        ],
+        ["ansible-playbook", "-i", env["MOLECULE_INVENTORY_FILE"], playbook, *extra],
         env=env,
         capture_output=True,
         text=True,
         timeout=900,
     )
+    return run, " ".join((run.stdout + run.stderr).split())  # the callback wraps long lines
+
+
+def test_rejected_configuration_is_rolled_back(host):
+    """Re-apply the role with a value nginx -t rejects: the play must fail, the previous files
+    must be back and nginx must go on serving."""
+    site = "/etc/nginx/sites-available/berrychat.conf"
+    before = host.file(site).sha256sum
+    pid_before = sh(host, "cat /run/nginx.pid")
+    run, output = converge("-e", "nginx_lb_client_max_body_size=25q")
     assert run.returncode != 0, run.stdout[-2000:]
-    output = " ".join((run.stdout + run.stderr).split())  # the callback wraps long lines
     assert "nginx -t rejected the new configuration" in output, run.stdout[-3000:]
     assert "[emerg]" in output and "client_max_body_size" in output, run.stdout[-3000:]
     assert host.file(site).sha256sum == before
@@ -233,3 +289,31 @@ def test_uploads_stream_through_with_their_own_limit(host):
     assert "proxy_read_timeout 300s;" in up
     protected = site.split("location ^~ /_protected/uploads/ {", 1)[1].split("}", 1)[0]
     assert "internal;" in protected and "sandbox" in protected
+
+
+def test_an_edge_without_its_own_instance_needs_shared_upload_storage(host):
+    """Balance over the chat server alone (the edge runs no instance in that group): the role
+    stops in its checks, before any file is written, unless uploads are declared shared; with
+    them shared (check mode, nothing changes) uploads and downloads go to every instance."""
+    site = "/etc/nginx/sites-available/berrychat.conf"
+    before = host.file(site).sha256sum
+    run, output = converge("--check", "-e", "nginx_lb_upstream_group=remote_chat")
+    assert run.returncode != 0, run.stdout[-2000:]
+    assert "Uploads would be split across hosts" in output, run.stdout[-3000:]
+    assert "berrychat_uploads_shared: true" in output
+    assert "Write the BerryChat site" not in output  # stopped before the configuration
+    run, output = converge(
+        "--check",
+        "--diff",
+        "-e",
+        "nginx_lb_upstream_group=remote_chat",
+        "-e",
+        '{"nginx_lb_uploads_shared": true}',
+    )
+    assert run.returncode == 0, run.stdout[-3000:]
+    diff = run.stdout
+    assert "-upstream berrychat_media {" in diff, diff[-3000:]
+    assert "+        proxy_pass http://berrychat;" in diff
+    assert "-        proxy_pass http://berrychat_media;" in diff
+    assert f"-    server {EDGE}:8100 " in diff
+    assert host.file(site).sha256sum == before  # check mode
