@@ -5,7 +5,8 @@ tests do: temporary datadir, free loopback port), write a bench config for it an
     .venv/bin/python bench/mariadb_direct.py [extra berrychat bench options]
 
 mariadbd itself is not pinned (on a Pi fleet the database has its own cores or its own Pi);
-the BerryChat server is pinned to CPU 0 and the generator to CPU 1 as usual."""
+the BerryChat server is pinned to CPU 0 and the generator to CPU 1 as usual. The open-loop steps
+default to 1,000..7,000 msgs/s here (the target is 5,000/s); `--direct-rates` overrides them."""
 
 import json
 import subprocess
@@ -35,7 +36,10 @@ try:
     path = Path(tempfile.mkdtemp(prefix="berrychat-bench-")) / "mariadb.json"
     path.write_text(json.dumps(cfg))
     cmd = [str(ROOT / ".venv" / "bin" / "berrychat"), "bench", "--scenario", "direct"]
-    cmd += ["--config", str(path), *sys.argv[1:]]
+    cmd += ["--config", str(path)]
+    if not any(a.startswith("--direct-rates") for a in sys.argv[1:]):
+        cmd += ["--direct-rates", "1000,2000,3000,4000,5000,6000,7000"]
+    cmd += sys.argv[1:]
     sys.exit(subprocess.call(cmd))
 finally:
     m.stop()

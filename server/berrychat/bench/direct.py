@@ -173,7 +173,9 @@ async def scenario_direct_open(
     `rate` msgs/s (round robin). Ack latency counts from each send's scheduled time, so a
     generator or server that falls behind cannot hide it (no coordinated omission)."""
     pairs = w["direct"][: users // 2]
-    conns, _ = await gen.connect_many(w["tokens"][: 2 * len(pairs)], parse=True, raw_msgs=True)
+    conns, _ = await gen.connect_many(
+        w["tokens"][: 2 * len(pairs)], parse=True, raw_msgs=True, retries=True
+    )
     rows = []
     try:
         for rate in rates:
@@ -207,6 +209,7 @@ async def scenario_direct_open(
     return {
         "mode": "open loop: paced at each offered rate, latency from the scheduled send time",
         "pairs": len(pairs),
+        "hello_retries": gen.hello_retries,
         "seconds_per_step": seconds,
         "steps": rows,
         "best_rate_p99_le_50ms_nothing_lost": best["offered_per_s"] if best else 0,

@@ -52,6 +52,7 @@ class WS(asyncio.Protocol):
         self.waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.ids = 0
         self.on_msg: Any = None
+        self.refusal: dict[str, Any] | None = None  # the error that answered `hello`
 
     def connection_made(self, t: asyncio.BaseTransport) -> None:
         self.t = t  # type: ignore[assignment]
@@ -148,6 +149,7 @@ class WS(asyncio.Protocol):
         if t == "ack" or t == "error":
             fid = f.get("id")
             if fid == 0 and not self.ready.done():
+                self.refusal = f if t != "ack" else None
                 self.ready.set_result(t == "ack")
                 return
             due = self.pending.pop(fid, None)
@@ -167,6 +169,7 @@ class Gen:
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
+        self.hello_retries = 0  # connect_many(retries=True): hellos the server dropped
 
     async def connect(
         self, token: str, parse: bool = False, timeout: float = 30.0, raw_msgs: bool = False
@@ -177,7 +180,7 @@ class Gen:
             timeout,
         )
         if not await asyncio.wait_for(ws.ready, timeout):
-            raise ConnectionError("hello refused")
+            raise ConnectionError(f"hello refused: {ws.refusal}")
         return ws
 
     async def connect_many(
@@ -187,6 +190,7 @@ class Gen:
         concurrency: int = 256,
         timeout: float = 120.0,
         raw_msgs: bool = False,
+        retries: bool = False,
     ) -> tuple[list[WS], float]:
         sem = asyncio.Semaphore(concurrency)
         out: list[WS | None] = [None] * len(tokens)
@@ -194,7 +198,15 @@ class Gen:
         async def one(i: int) -> None:
             async with sem:
                 p = parse(i) if callable(parse) else parse
-                out[i] = await self.connect(tokens[i], p, raw_msgs=raw_msgs)
+                for attempt in range(3):  # a hello the server dropped is retried, and counted
+                    try:
+                        out[i] = await self.connect(tokens[i], p, raw_msgs=raw_msgs)
+                        return
+                    except ConnectionError:
+                        if attempt == 2 or not retries:
+                            raise
+                        self.hello_retries += 1
+                        await asyncio.sleep(0.2)
 
         t0 = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(len(tokens)))), timeout)
