@@ -7,7 +7,7 @@ import json
 import math
 import time
 
-from berrychat.bench import bench_main
+from berrychat.bench import _redacted, bench_main
 from berrychat.bench.direct import _pace
 from berrychat.bench.measure import hist_quantile, parse_metrics, server_side
 from berrychat.cli import build_parser
@@ -29,6 +29,7 @@ async def test_bench_smoke(tmp_path):
         "--direct-rates 40 --storm 40",
     )
     assert r["command"].startswith("berrychat bench --scenario all")
+    assert r["config"] == {}  # no --config
     assert [x["connections"] for x in r["idle"]] == [20, 40]
     assert r["fanout"]["steps"][0]["lost"] == 0
     closed = r["direct"]["closed_loop"]
@@ -91,3 +92,12 @@ def test_metrics_quantiles_from_bucket_deltas():
     assert s["server_commits"] == 10 and s["server_mean_batch"] == 10.0
     assert s["server_commit_p50_le_ms"] == 1.0
     assert math.isnan(hist_quantile(after, after, "berrychat_send_commit_seconds", 0.5))
+
+
+def test_results_record_the_config_without_secrets():
+    cfg = {"database": {"type": "mysql", "port": 3306, "password": "pw"}, "media": {}}
+    cfg["media"]["url_signing_key"] = "k"
+    assert _redacted(cfg) == {
+        "database": {"type": "mysql", "port": 3306, "password": "<redacted>"},
+        "media": {"url_signing_key": "<redacted>"},
+    }

@@ -395,6 +395,7 @@ async def bench_main(args: argparse.Namespace) -> int:
         },
         "pinned": pin,
         "presence": cfg["presence"]["enabled"],
+        "config": _redacted(base),  # what --config set (the command shows only its name)
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out: list[str] = []
@@ -467,6 +468,20 @@ async def bench_main(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults: {path}\ncommand: {results['command']}")
     return 0
+
+
+def _redacted(v: Any) -> Any:
+    """A --config file for the results: passwords, keys and secrets replaced, ports kept."""
+    if isinstance(v, dict):
+        return {
+            k: "<redacted>"
+            if any(w in k for w in ("password", "secret", "key", "token"))
+            else _redacted(x)
+            for k, x in v.items()
+        }
+    if isinstance(v, list):
+        return [_redacted(x) for x in v]
+    return v
 
 
 def _has_uvloop() -> bool:
