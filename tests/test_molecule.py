@@ -20,8 +20,18 @@ from secret_scan import secret_values, secrets_in_log
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".cache" / "molecule-logs"
-# Bounded: a scenario that hangs is killed rather than eating CI's whole budget.
+# Bounded: a scenario that hangs is killed rather than eating CI's whole budget. The default
+# holds for every role scenario; molecule/ci.yml `timeouts:` gives longer ones (the fleet).
 SCENARIO_TIMEOUT_S = int(os.environ.get("MOLECULE_SCENARIO_TIMEOUT", "3000"))
+
+
+def _timeout(scenario: str) -> int:
+    """Seconds the scenario may run: MOLECULE_SCENARIO_TIMEOUT, else molecule/ci.yml
+    `timeouts:`, else 3000."""
+    if "MOLECULE_SCENARIO_TIMEOUT" in os.environ:
+        return SCENARIO_TIMEOUT_S
+    ci = yaml.safe_load((ROOT / "molecule" / "ci.yml").read_text()) or {}
+    return int((ci.get("timeouts") or {}).get(scenario, SCENARIO_TIMEOUT_S))
 
 
 def _ci_arch(scenario: str) -> str:
@@ -97,6 +107,7 @@ def test_scenario(scenario: str) -> None:
         PY_COLORS="0",
         NO_COLOR="1",
     )
+    limit_s = _timeout(scenario)
     started = time.monotonic()
     timed_out = False
     with log.open("w") as out:
@@ -111,7 +122,7 @@ def test_scenario(scenario: str) -> None:
             start_new_session=True,
         )
         try:
-            proc.wait(timeout=SCENARIO_TIMEOUT_S)
+            proc.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
             timed_out = True
             os.killpg(proc.pid, signal.SIGKILL)
@@ -124,7 +135,7 @@ def test_scenario(scenario: str) -> None:
     took = time.monotonic() - started
     print(f"molecule {scenario} ({arch}): {took:.0f}s, {generated} generated secret file(s)")
     if timed_out:
-        limit = f"{SCENARIO_TIMEOUT_S} s"
+        limit = f"{limit_s} s"
         pytest.fail(f"molecule test -s {scenario} ({arch}) ran past {limit}; log {log}")
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-80:])
