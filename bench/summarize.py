@@ -30,19 +30,21 @@ def summarize(runs: list[dict[str, Any]]) -> str:
             steps.setdefault(s["offered_per_s"], []).append(s)
     out = [
         "| offered msgs/s | runs | acks/s | ack p50 ms | ack p99 ms | lost + refused + unacked "
-        "| server CPU % | generator CPU % | mean batch |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| server CPU % | generator CPU % | mean batch | writes/msg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rate in sorted(steps):
         ss = steps[rate]
         bad = sum(s["lost"] + s["refused"] + s["unacked"] + s["unsent"] for s in ss)
         batch = [s["server_mean_batch"] for s in ss if s.get("server_mean_batch")]
+        writes = [s["server_writes_per_msg"] for s in ss if s.get("server_writes_per_msg")]
         out.append(
             f"| {rate:,} | {len(ss)} | {_med([s['acks_per_s'] for s in ss]):,.0f} "
             f"| {_med([s['ack_p50_ms'] for s in ss]):.1f} "
             f"| {_med([s['ack_p99_ms'] for s in ss]):.1f} | {bad} "
             f"| {_med([s['server_cpu_pct'] for s in ss]):.0f} "
-            f"| {_med([s['generator_cpu_pct'] for s in ss]):.0f} | {_med(batch):.1f} |"
+            f"| {_med([s['generator_cpu_pct'] for s in ss]):.0f} | {_med(batch):.1f} "
+            f"| {_med(writes):.2f} |"
         )
     loads = [r["host"]["loadavg_before"][0] for r in runs] + [r["loadavg_after"][0] for r in runs]
     out.append("")

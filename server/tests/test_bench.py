@@ -35,6 +35,7 @@ async def test_bench_smoke(tmp_path):
     closed = r["direct"]["closed_loop"]
     assert closed["messages"] > 0
     assert closed["pushes_received"] == closed["pushes_expected"]
+    assert closed["server_commits"] >= 1 and closed["server_writes_per_msg"] > 0
     assert [s["offered_per_s"] for s in r["direct"]["open_loop"]["steps"]] == [40]
     assert r["storm"]["clients"] == 40
 
@@ -56,6 +57,7 @@ async def test_bench_direct_open_loop(tmp_path):
         assert s["unsent"] == s["unacked"] == s["refused"] == s["lost"] == 0
         assert s["pushes_received"] == s["pushes_expected"] == 2 * s["acked"]
         assert s["server_commits"] >= 1 and s["server_mean_batch"] >= 1
+        assert s["server_writes_per_msg"] > 0
         assert 0 <= s["ack_p50_ms"] <= s["ack_p95_ms"] <= s["ack_p99_ms"] <= s["ack_max_ms"]
         assert s["generator_cpu_pct"] >= 0 and s["server_cpu_pct"] is not None
     assert o["best_rate_p99_le_50ms_nothing_lost"] in (0, 50, 100)

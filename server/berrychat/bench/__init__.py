@@ -331,7 +331,7 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--users", type=int, default=1000, help="1:1 scenario users (pairs = /2)")
     b.add_argument(
         "--direct-rates",
-        default="2000,4000,8000,12000,14000,16000",
+        default="2000,4000,6000,8000,10000,12000,14000,16000",
         help="1:1 open-loop offered msgs/s steps (all pairs together; empty: skip)",
     )
     b.add_argument(

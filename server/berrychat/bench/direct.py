@@ -35,6 +35,7 @@ async def scenario_direct(
 
     for c in conns:
         c.msgs = 0
+    m0 = await _scrape(gen)
     cpu = Cpu(pid)
     tasks = []
     for p, conv in enumerate(pairs):
@@ -43,6 +44,7 @@ async def scenario_direct(
     await asyncio.wait_for(asyncio.gather(*tasks), seconds + 60)
     res = cpu.done()
     res["msgs_per_server_cpu_s"] = per_cpu(done / res["wall_s"], res)
+    res.update(server_side(m0, await _scrape(gen)))
     await asyncio.sleep(SETTLE[0])
     pushes = sum(c.msgs for c in conns)
     for c in conns:
@@ -100,7 +102,7 @@ async def _scrape(gen: Gen) -> dict[str, float]:
 
 
 async def _open_step(
-    conns: list[WS], pairs: list[int], pid: int, rate: int, seconds: float
+    gen: Gen, conns: list[WS], pairs: list[int], pid: int, rate: int, seconds: float
 ) -> dict[str, Any]:
     n = len(pairs)
     total = max(1, int(rate * seconds))
@@ -127,7 +129,7 @@ async def _open_step(
             {"type": "msg.send", "conv": pairs[p], "cid": f"o{rate}-{i}", "text": "hi"}, due
         )
 
-    m0 = await _scrape(conns[0].gen)
+    m0 = await _scrape(gen)
     cpu = Cpu(pid)
     t0 = time.perf_counter() + 0.01
     lag = await _pace(send, total, rate, t0, seconds + 30)
@@ -142,7 +144,7 @@ async def _open_step(
         await asyncio.sleep(0.01)
     pushes = sum(c.msgs for c in conns)
     res = cpu.done()
-    res.update(server_side(m0, await _scrape(conns[0].gen)))
+    res.update(server_side(m0, await _scrape(gen)))
     span = max(last[0] - t0, seconds * (sent - 1) / max(1, total)) if acked else 0.0
     acks_per_s = round(acked / span) if span > 0 else 0
     res["msgs_per_server_cpu_s"] = per_cpu(acked / res["wall_s"], res)
@@ -179,7 +181,7 @@ async def scenario_direct_open(
     rows = []
     try:
         for rate in rates:
-            row = await _open_step(conns, pairs, pid, rate, seconds)
+            row = await _open_step(gen, conns, pairs, pid, rate, seconds)
             rows.append(row)
             await asyncio.sleep(SETTLE[0])
             if (

@@ -107,10 +107,13 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     ops = after.get("berrychat_messages_committed_total", 0) - before.get(
         "berrychat_messages_committed_total", 0
     )
+    writes = after.get("berrychat_writes_total", 0) - before.get("berrychat_writes_total", 0)
     name = "berrychat_send_commit_seconds"
     return {
         "server_commits": int(batches),
         "server_mean_batch": round(ops / batches, 1) if batches else None,
+        # coalesced transport writes (one per dirty connection per loop tick) per committed op
+        "server_writes_per_msg": round(writes / ops, 2) if ops else None,
         "server_commit_p50_le_ms": hist_quantile(before, after, name, 0.50),
         "server_commit_p99_le_ms": hist_quantile(before, after, name, 0.99),
     }
