@@ -34,6 +34,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _DEADLOCK = (1213, 1205)  # deadlock, lock wait timeout
+_PINNED: set[asyncio.Task] = set()  # tasks inside MysqlStore.run (see there)
 _sql_cache: dict[str, str] = {}
 
 
@@ -175,6 +176,23 @@ class MysqlStore(Store):
     ) -> T:
         if self._pool is None:
             raise StoreError("store is closed")
+        # The event loop holds tasks only weakly. While the pool opens a new connection for
+        # this task, that connection (and the stream reader whose future the task waits on)
+        # is referenced from nowhere but the task itself, so a task nobody keeps (a WebSocket
+        # `hello`) was garbage-collected mid-connect ("Task was destroyed but it is pending",
+        # the hello never answered, the pool one connection short for good). Pin it meanwhile.
+        task = asyncio.current_task()
+        if task is None or task in _PINNED:
+            return await self._run(fn, args, write, reader)
+        _PINNED.add(task)
+        try:
+            return await self._run(fn, args, write, reader)
+        finally:
+            _PINNED.discard(task)
+
+    async def _run(
+        self, fn: Callable[..., Tx[T]], args: tuple, write: bool, reader: int | None
+    ) -> T:
         if not write and reader is not None and self.replicas:
             rep = self._pick(reader)
             if rep is not None:
