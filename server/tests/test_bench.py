@@ -48,6 +48,7 @@ async def test_bench_direct_open_loop(tmp_path):
         "--scenario direct --users 20 --direct-rates 50,100 --seconds 1 --window 0",
     )
     assert "closed_loop" not in r["direct"]
+    assert r["hello_retries"] == 0
     o = r["direct"]["open_loop"]
     assert o["pairs"] == 10
     steps = o["steps"]

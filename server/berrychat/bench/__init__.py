@@ -399,6 +399,7 @@ async def bench_main(args: argparse.Namespace) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out: list[str] = []
+    gen: Gen | None = None
     try:
         await srv.wait_ready()
         gen = Gen(HOST, port)
@@ -461,6 +462,8 @@ async def bench_main(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     finally:
         results["loadavg_after"] = os.getloadavg()
+        # hellos the server dropped and the 1:1 scenario retried (each counted, none hidden)
+        results["hello_retries"] = gen.hello_retries if gen is not None else 0
     rdir = Path(args.results) if args.results else _results_dir()
     rdir.mkdir(parents=True, exist_ok=True)
     name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{args.scenario}-{results['database']}"

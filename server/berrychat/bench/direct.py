@@ -16,7 +16,7 @@ async def scenario_direct(
     gen: Gen, w: dict[str, Any], pid: int, seconds: float, window: int, users: int
 ) -> dict[str, Any]:
     pairs = w["direct"][: users // 2]
-    conns, _ = await gen.connect_many(w["tokens"][: 2 * len(pairs)], parse=True)
+    conns, _ = await gen.connect_many(w["tokens"][: 2 * len(pairs)], parse=True, retries=True)
     lat: list[float] = []
     done = 0
     stop_at = time.perf_counter() + seconds
@@ -211,7 +211,6 @@ async def scenario_direct_open(
     return {
         "mode": "open loop: paced at each offered rate, latency from the scheduled send time",
         "pairs": len(pairs),
-        "hello_retries": gen.hello_retries,
         "seconds_per_step": seconds,
         "steps": rows,
         "best_rate_p99_le_50ms_nothing_lost": best["offered_per_s"] if best else 0,
