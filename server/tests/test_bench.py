@@ -61,6 +61,7 @@ async def test_bench_direct_open_loop(tmp_path):
         assert s["server_writes_per_msg"] > 0
         assert 0 <= s["ack_p50_ms"] <= s["ack_p95_ms"] <= s["ack_p99_ms"] <= s["ack_max_ms"]
         assert s["generator_cpu_pct"] >= 0 and s["server_cpu_pct"] is not None
+        assert 0 <= s["server_sys_cpu_pct"] <= s["server_cpu_pct"]
     assert o["best_rate_p99_le_50ms_nothing_lost"] in (0, 50, 100)
     if o["best_rate_p99_le_50ms_nothing_lost"]:
         assert o["best_ack_p99_ms"] <= 50

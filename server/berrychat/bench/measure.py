@@ -19,36 +19,40 @@ def pct(xs: list[float], p: float) -> float:
 
 
 class Cpu:
-    """CPU seconds of this process (the generator) and of the server process."""
+    """CPU seconds of this process (the generator) and of the server process (all its threads;
+    also the part spent in the kernel: socket writes over loopback include the receiving side's
+    TCP processing)."""
 
     def __init__(self, server_pid: int | None) -> None:
         self.pid = server_pid
         self.t0 = time.perf_counter()
         self.g0 = self._self()
-        self.s0 = self._server()
+        self.s0, self.k0 = self._server()
 
     @staticmethod
     def _self() -> float:
         r = resource.getrusage(resource.RUSAGE_SELF)
         return r.ru_utime + r.ru_stime
 
-    def _server(self) -> float:
+    def _server(self) -> tuple[float, float]:
+        """(user + system, system) CPU seconds of the server."""
         if self.pid is None:
-            return 0.0
+            return 0.0, 0.0
         try:
             f = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+            tck = os.sysconf("SC_CLK_TCK")
+            return (int(f[11]) + int(f[12])) / tck, int(f[12]) / tck
         except OSError:
-            return 0.0
+            return 0.0, 0.0
 
-    def done(self) -> dict[str, float]:
+    def done(self) -> dict[str, float | None]:
         wall = time.perf_counter() - self.t0
+        total, kernel = self._server()
         return {
             "wall_s": round(wall, 3),
             "generator_cpu_pct": round(100 * (self._self() - self.g0) / wall, 1),
-            "server_cpu_pct": round(100 * (self._server() - self.s0) / wall, 1)
-            if self.pid
-            else None,
+            "server_cpu_pct": round(100 * (total - self.s0) / wall, 1) if self.pid else None,
+            "server_sys_cpu_pct": round(100 * (kernel - self.k0) / wall, 1) if self.pid else None,
         }
 
 
