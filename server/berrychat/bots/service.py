@@ -21,6 +21,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
+from ..background import spawn
 from ..chat.accounts import check_new_account, normalize_username, token_hash
 from ..metrics import Metrics
 from ..protocol.codes import ChatError
@@ -166,7 +167,7 @@ class BotService(BotAdmin):
             except StoreError as e:
                 log.warning("bot list not refreshed: %s", e)
 
-        asyncio.get_running_loop().create_task(go())
+        spawn(go())
 
     async def _refresh_forever(self) -> None:
         while True:

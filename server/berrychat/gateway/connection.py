@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import PROTOCOL_VERSION
+from ..background import spawn
 from ..http.body import BodyReader
 from ..protocol import codes
 from ..protocol.codes import ChatError
@@ -285,7 +286,7 @@ class Connection(asyncio.Protocol):
             self.http_queue.append(req)
         if self.http_queue and not self.http_busy:
             self.http_busy = True
-            asyncio.get_running_loop().create_task(self._serve_http())
+            spawn(self._serve_http())
 
     def _start_upload(self, req: Request) -> None:
         t = self.transport
@@ -489,7 +490,7 @@ class Connection(asyncio.Protocol):
     # ---- authentication ------------------------------------------------------------------
     def _start_hello(self, fid: Any, fields: dict[str, Any]) -> None:
         self.hello_pending = True
-        asyncio.get_running_loop().create_task(self._hello(fid, fields))
+        spawn(self._hello(fid, fields))
 
     async def _hello(self, fid: Any, fields: dict[str, Any]) -> None:
         gw = self.gw

@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..background import spawn
 from ..chat.service import ChatService, op_ack
 from ..config import Settings
 from ..hub import Hub
@@ -119,13 +120,13 @@ class Gateway:
             except Exception as e:
                 log.warning("connection count not shared: %s", e)
 
-        asyncio.get_running_loop().create_task(go())
+        spawn(go())
 
     # ---- presence hooks ------------------------------------------------------------------
     def user_gone(self, user_id: int) -> None:
         """Last connection of a user on this process closed."""
         if self.chat.presence.enabled:
-            asyncio.get_running_loop().create_task(self.chat.presence.set(user_id, "offline"))
+            spawn(self.chat.presence.set(user_id, "offline"))
 
     # ---- heartbeats and timeouts: one sweeper for every connection -----------------------
     def start(self) -> None:
@@ -237,7 +238,7 @@ class Gateway:
             conn.send_error(fid, ftype, "bad_frame", f"unknown frame type {ftype!r}")
             return
         conn.begin_request()
-        asyncio.get_running_loop().create_task(self._run(conn, ftype, fid, f, handler))
+        spawn(self._run(conn, ftype, fid, f, handler))
 
     async def _run(
         self,
