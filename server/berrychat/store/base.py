@@ -779,20 +779,20 @@ def _apply_ops_tx(d: Dialect, ops: list[Op], limits: dict[str, int]) -> Tx[list[
             s.add(o.user)
         if o.users:
             s.update(o.users)
+    # One query for every (conversation, user) pair of the batch, not one per conversation:
+    # a batch of 1:1 messages names as many conversations as ops, and on MariaDB each query is
+    # a round trip inside the transaction.
     roles: dict[tuple[int, int], str] = {}
-    for conv, users in wanted.items():
-        if conv not in convs:
-            continue
-        ul = sorted(users)
-        for ch in _chunks(ul):
-            rows = yield Q(
-                "SELECT user_id, role, joined_at FROM members WHERE conversation_id=? "
-                f"AND user_id IN ({_qs(len(ch))})",
-                [conv, *ch],
-                "all",
-            )
-            for r in rows:
-                roles[(conv, r[0])] = r[1]
+    pairs = sorted({(conv, u) for conv, users in wanted.items() if conv in convs for u in users})
+    for ch in _chunks(pairs, 100):
+        cond = " OR ".join(["(conversation_id=? AND user_id=?)"] * len(ch))
+        rows = yield Q(
+            f"SELECT conversation_id, user_id, role FROM members WHERE {cond}",
+            [x for pair in ch for x in pair],
+            "all",
+        )
+        for r in rows:
+            roles[(r[0], r[1])] = r[2]
     # Earlier appends with the same client id (idempotent resend).
     keyed = [(o.conv, o.actor, o.cid) for o in ops if o.cid is not None]
     seen: dict[tuple[int, int, str], dict[str, Any]] = {}
