@@ -25,12 +25,17 @@ LOGS = ROOT / ".cache" / "molecule-logs"
 SCENARIO_TIMEOUT_S = int(os.environ.get("MOLECULE_SCENARIO_TIMEOUT", "3000"))
 
 
+def _ci() -> dict:
+    """molecule/ci.yml: which architecture, order, worker and time limit each scenario gets."""
+    return yaml.safe_load((ROOT / "molecule" / "ci.yml").read_text()) or {}
+
+
 def _timeout(scenario: str) -> int:
     """Seconds the scenario may run: MOLECULE_SCENARIO_TIMEOUT, else molecule/ci.yml
     `timeouts:`, else 3000."""
     if "MOLECULE_SCENARIO_TIMEOUT" in os.environ:
         return SCENARIO_TIMEOUT_S
-    ci = yaml.safe_load((ROOT / "molecule" / "ci.yml").read_text()) or {}
+    ci = _ci()
     return int((ci.get("timeouts") or {}).get(scenario, SCENARIO_TIMEOUT_S))
 
 
@@ -39,14 +44,14 @@ def _ci_arch(scenario: str) -> str:
     forced = os.environ.get("MOLECULE_ARCH", "")
     if forced:
         return forced
-    ci = yaml.safe_load((ROOT / "molecule" / "ci.yml").read_text())
+    ci = _ci()
     return "arm64" if scenario in (ci.get("arm64") or []) else "native"
 
 
 def _all_scenarios() -> list[str]:
     """Every scenario, the slowest first (molecule/ci.yml `slowest_first`), then by name, so
     parallel workers do not end with one long scenario running alone."""
-    ci = yaml.safe_load((ROOT / "molecule" / "ci.yml").read_text())
+    ci = _ci()
     rank = {s: i for i, s in enumerate(ci.get("slowest_first") or [])}
     names = (p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
     return sorted(names, key=lambda s: (rank.get(s, len(rank)), s))
@@ -61,9 +66,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if unknown:
         raise pytest.UsageError(f"unknown Molecule scenario(s): {', '.join(unknown)}")
     # Scenarios under `manual:` in molecule/ci.yml run only when named (--scenarios / SCENARIOS).
-    manual = set(
-        (yaml.safe_load((ROOT / "molecule" / "ci.yml").read_text()) or {}).get("manual") or {}
-    )
+    manual = set(_ci().get("manual") or {})
     chosen = wanted or [s for s in known if s not in manual]
     metafunc.parametrize(
         "scenario", [pytest.param(s, marks=pytest.mark.xdist_group(s)) for s in chosen]
@@ -71,7 +74,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def test_every_scenario_has_a_ci_architecture() -> None:
-    ci = yaml.safe_load((ROOT / "molecule" / "ci.yml").read_text())
+    ci = _ci()
     listed = set(ci.get("arm64") or []) | set(ci.get("native") or {}) | set(ci.get("manual") or {})
     assert listed == set(_all_scenarios()), "molecule/ci.yml must name every scenario once"
 
