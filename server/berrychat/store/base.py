@@ -113,6 +113,13 @@ def _chunks(seq: Sequence[T], n: int = 200) -> Iterable[Sequence[T]]:
         yield seq[i : i + n]
 
 
+def _any_of(columns: Sequence[str], keys: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    """A WHERE condition matching any of `keys` (one value per column each) and its arguments:
+    `(a=? AND b=?) OR (a=? AND b=?) ...`."""
+    term = "(" + " AND ".join(f"{c}=?" for c in columns) + ")"
+    return " OR ".join([term] * len(keys)), [v for key in keys for v in key]
+
+
 def _qs(n: int) -> str:
     return ",".join("?" * n)
 
@@ -785,11 +792,9 @@ def _apply_ops_tx(d: Dialect, ops: list[Op], limits: dict[str, int]) -> Tx[list[
     roles: dict[tuple[int, int], str] = {}
     pairs = sorted({(conv, u) for conv, users in wanted.items() if conv in convs for u in users})
     for ch in _chunks(pairs, 100):
-        cond = " OR ".join(["(conversation_id=? AND user_id=?)"] * len(ch))
+        cond, args = _any_of(("conversation_id", "user_id"), ch)
         rows = yield Q(
-            f"SELECT conversation_id, user_id, role FROM members WHERE {cond}",
-            [x for pair in ch for x in pair],
-            "all",
+            f"SELECT conversation_id, user_id, role FROM members WHERE {cond}", args, "all"
         )
         for r in rows:
             roles[(r[0], r[1])] = r[2]
@@ -797,12 +802,8 @@ def _apply_ops_tx(d: Dialect, ops: list[Op], limits: dict[str, int]) -> Tx[list[
     keyed = [(o.conv, o.actor, o.cid) for o in ops if o.cid is not None]
     seen: dict[tuple[int, int, str], dict[str, Any]] = {}
     for ch in _chunks(sorted(set(keyed)), 100):
-        cond = " OR ".join(["(conversation_id=? AND sender_id=? AND cid=?)"] * len(ch))
-        rows = yield Q(
-            f"SELECT {MSG_COLS} FROM messages{d.cid_index} WHERE {cond}",
-            [x for k in ch for x in k],
-            "all",
-        )
+        cond, args = _any_of(("conversation_id", "sender_id", "cid"), ch)
+        rows = yield Q(f"SELECT {MSG_COLS} FROM messages{d.cid_index} WHERE {cond}", args, "all")
         for r in rows:
             seen[(r[0], r[2], r[3])] = event_from_row(r)
 
