@@ -38,6 +38,14 @@ class LocalBusy:
         if cur is not None and cur[0] == call:
             del self._claims[user]
 
+    async def holders(self, users: list[int]) -> dict[int, str | None] | None:
+        """The call each user's claim names (None: no claim); None when unknown."""
+        now = time.monotonic()
+        return {
+            u: c[0] if (c := self._claims.get(u)) is not None and c[1] > now else None
+            for u in users
+        }
+
     async def refresh(self, claims: list[tuple[int, str]]) -> None:
         now = time.monotonic()
         for user, call in claims:
@@ -73,6 +81,19 @@ class RedisBusy(LocalBusy):
             await self.r.eval(_RELEASE, 1, self._key(user), call)
         except Exception as e:
             log.warning("call claim not released (expires by itself): %s", e)
+
+    async def holders(self, users: list[int]) -> dict[int, str | None] | None:
+        if not users:
+            return {}
+        try:
+            pipe = self.r.pipeline(transaction=False)
+            for user in users:
+                pipe.get(self._key(user))
+            got = await pipe.execute()
+        except Exception as e:
+            log.warning("call claims not read: %s", e)
+            return None
+        return {u: v.decode() if v is not None else None for u, v in zip(users, got, strict=True)}
 
     async def refresh(self, claims: list[tuple[int, str]]) -> None:
         if not claims:

@@ -10,6 +10,20 @@ per-user publish. "Device" is the session's device id (every tab of one login is
 
 States: ringing -> active -> (ended). An ended call is forgotten; the conversation keeps a
 `call` message (missed, rejected, busy, ended with its duration).
+
+An owner that dies without stopping (SIGKILL, crash, power loss) cannot end its calls, so the
+other processes watch it. The owner announces each call and its answer on the control channel
+(`call.seen`); every other process keeps those calls in `remote` until `call.end`, whether or
+not a party is connected to it now (a device may reconnect to it later). Every LOST_CHECK
+seconds each process asks Redis which owners of the calls it knows (`remote` and
+`local_parties`) are alive. An owner whose liveness key is missing at two checks at least
+CONFIRM_BEATS * PROC_REFRESH apart is gone (a live owner re-sets its key every PROC_REFRESH,
+also after a Redis restart lost it): its calls end here with reason "server_lost" for the
+devices connected here, their busy claims are released and each call is recorded (with the
+call's client id, so the several processes that do this store it once). A failed liveness
+check (Redis trouble) means "unknown", never "dead", and starts the confirmation over.
+Detection takes at most PROC_TTL + PROC_REFRESH (the liveness cache) + CONFIRM_BEATS *
+PROC_REFRESH + 2 * LOST_CHECK after the owner's last heartbeat: 35 s with the defaults.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import shared
 from ..metrics import LabeledCounter, Metrics
 from ..protocol.codes import ChatError
 from ..protocol.frames import encode
@@ -33,6 +48,9 @@ from .ice import ice_servers
 log = logging.getLogger(__name__)
 
 FORWARD_TIMEOUT = 5.0  # seconds to wait for the owning process to answer a forwarded request
+LOST_CHECK = 2.5  # seconds between checks that the owners of the calls known here are alive
+CONFIRM_BEATS = 2  # an owner is gone when missing at checks this many heartbeats apart
+REMOTE_MAX = 20_000  # calls of other processes remembered here (the oldest are dropped)
 
 Device = tuple[int, str]  # (user id, device id)
 
@@ -50,6 +68,7 @@ class Call:
     answered: float = 0.0
     ringing_sent: bool = False
     timer: asyncio.TimerHandle | None = None
+    stale: bool = False  # (remote calls) its claim was not found at the last claim check
 
 
 class CallManager:
@@ -63,6 +82,9 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         # devices connected to this process that are a party of some call (for disconnects)
         self.local_parties: dict[Device, set[str]] = {}
+        # calls owned by other processes (from their `call.seen`), watched for a dead owner
+        self.remote: dict[str, Call] = {}
+        self._gone: dict[str, float] = {}  # owner process id -> when first seen not alive
         self._req = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._refresher: asyncio.Task | None = None
@@ -77,6 +99,7 @@ class CallManager:
         hub.control_handlers["call.rep"] = self._on_reply
         hub.control_handlers["call.out"] = self._on_out
         hub.control_handlers["call.end"] = self._on_end
+        hub.control_handlers["call.seen"] = self._on_seen
 
     def use_redis(self, client: Any, prefix: str) -> None:
         from .busy import RedisBusy
@@ -96,8 +119,19 @@ class CallManager:
             await asyncio.wait(list(self._tasks), timeout=2.0)
 
     async def _refresh_claims(self) -> None:
+        """Every LOST_CHECK seconds: end here the calls whose owner died; every CLAIM_TTL / 3
+        seconds: refresh the busy claims of the calls owned here and drop remote calls whose
+        end was not heard."""
+        next_refresh = time.monotonic() + CLAIM_TTL / 3
         while True:
-            await asyncio.sleep(CLAIM_TTL / 3)
+            await asyncio.sleep(LOST_CHECK)
+            try:
+                await self._check_owners()
+            except Exception:
+                log.exception("call owner check failed")
+            if time.monotonic() < next_refresh:
+                continue
+            next_refresh = time.monotonic() + CLAIM_TTL / 3
             claims = []
             for c in self.calls.values():
                 claims += [(c.caller[0], c.id), (c.callee, c.id)]
@@ -105,6 +139,10 @@ class CallManager:
                 await self.busy.refresh(claims)
             except Exception:
                 log.exception("call claim refresh failed")
+            try:
+                await self._drop_stale()
+            except Exception:
+                log.exception("remote call cleanup failed")
 
     # ---- requests from this process's connections ----------------------------------------
     async def handle(self, conn: Any, ftype: str, f: dict[str, Any]) -> dict[str, Any]:
@@ -256,11 +294,137 @@ class CallManager:
 
     def _on_end(self, msg: dict[str, Any]) -> None:
         call_id = msg["call"]
+        self.remote.pop(call_id, None)
         for key in [k for k, ids in self.local_parties.items() if call_id in ids]:
             ids = self.local_parties[key]
             ids.discard(call_id)
             if not ids:
                 del self.local_parties[key]
+
+    # ---- calls of other processes: a dead owner ------------------------------------------
+    def _seen(self, call: Call) -> None:
+        """Tell the other processes about a call owned here (they end it if this one dies)."""
+        self.hub.broker.control(
+            {
+                "op": "call.seen",
+                "call": call.id,
+                "conv": call.conv,
+                "media": call.media,
+                "caller": list(call.caller),
+                "callee": call.callee,
+                "device": call.callee_device,
+                "answered": call.answered,
+            }
+        )
+
+    def _on_seen(self, msg: dict[str, Any]) -> None:
+        call_id = msg["call"]
+        if call_id.partition(".")[0] == self.pid:
+            return
+        u, d = msg["caller"]
+        call = Call(call_id, msg["conv"], msg["media"], (u, d), msg["callee"])
+        if msg.get("device"):
+            call.state, call.callee_device = "active", msg["device"]
+            call.answered = msg.get("answered") or time.time()
+        if call_id not in self.remote and len(self.remote) >= REMOTE_MAX:
+            del self.remote[next(iter(self.remote))]
+        self.remote[call_id] = call
+
+    async def _check_owners(self) -> None:
+        """Find the owners of known calls that are gone, and end their calls here."""
+        owners = {c.partition(".")[0] for c in self.remote}
+        for ids in self.local_parties.values():
+            owners.update(c.partition(".")[0] for c in ids)
+        owners.discard(self.pid)
+        for o in [o for o in self._gone if o not in owners]:
+            del self._gone[o]
+        live = getattr(self.chat.state, "_live", None)
+        if not owners or live is None or getattr(self.hub.broker, "process_id", None) is None:
+            return
+        try:
+            alive = await live(owners)
+        except Exception as e:
+            # liveness unknown is not dead: the confirmation starts over once Redis answers
+            log.warning("call owners' liveness unknown (no call ended): %s", e)
+            self._gone.clear()
+            return
+        now = time.monotonic()
+        lost = set()
+        for o in owners:
+            if o in alive:
+                self._gone.pop(o, None)
+            elif now - self._gone.setdefault(o, now) >= CONFIRM_BEATS * shared.PROC_REFRESH:
+                lost.add(o)
+        if lost:
+            for o in lost:
+                del self._gone[o]
+            await self._owners_lost(lost)
+
+    async def _owners_lost(self, lost: set[str]) -> None:
+        """End the calls of dead owners for the devices connected here (docs/protocol.md §18,
+        reason "server_lost"), release their claims and record them (once cluster-wide)."""
+        calls = [c for i, c in self.remote.items() if i.partition(".")[0] in lost]
+        for c in calls:
+            del self.remote[c.id]
+        known = {c.id for c in calls}
+        # devices here in a call this process did not hear announced (its `call.seen` lost)
+        others: dict[str, list[Device]] = {}
+        for key in list(self.local_parties):
+            ids = self.local_parties[key]
+            for i in [i for i in ids if i.partition(".")[0] in lost]:
+                ids.discard(i)
+                if i not in known:
+                    others.setdefault(i, []).append(key)
+            if not ids:
+                del self.local_parties[key]
+        now = time.time()
+        releases = []
+        for c in calls:
+            frame: dict[str, Any] = {"type": "call.ended", "call": c.id, "reason": "server_lost"}
+            duration = max(0, int(round(now - c.answered))) if c.answered else 0
+            if c.answered:
+                frame["duration"] = duration
+            data = encode(frame)
+            self._send_here(c.caller[0], c.caller[1], data)
+            self._send_here(c.callee, c.callee_device, data)  # None while ringing: every device
+            releases += [(c.caller[0], c.id), (c.callee, c.id)]
+            self._record(c, "ended" if c.answered else "missed", duration, reason="server_lost")
+        for call_id, devices in others.items():
+            data = encode({"type": "call.ended", "call": call_id, "reason": "server_lost"})
+            for user, device in devices:
+                self._send_here(user, device, data)
+                releases.append((user, call_id))
+        if calls or others:
+            log.warning(
+                "the owning process of %d call(s) is gone (%s): ended here (server_lost)",
+                len(calls) + len(others),
+                ", ".join(sorted(lost)),
+            )
+        await asyncio.gather(*(self.busy.release(u, i) for u, i in releases))
+
+    def _send_here(self, user: int, device: str | None, data: bytes) -> None:
+        """A frame to this process's connections of (user, device), or of every device."""
+        for ep in list(self.hub.connections(user) or ()):
+            if device is None or getattr(ep, "device_id", None) == device:
+                ep.send_bytes(data)
+
+    async def _drop_stale(self) -> None:
+        """Forget remote calls whose `call.end` was lost: the caller's claim no longer names
+        the call at two claim checks in a row (the owner re-creates lost claims meanwhile)."""
+        old = time.time() - CLAIM_TTL
+        check = [c for c in self.remote.values() if c.created < old]
+        if not check:
+            return
+        held = await self.busy.holders([c.caller[0] for c in check])
+        if held is None:
+            return  # Redis trouble: unknown, keep them
+        for c in check:
+            if held.get(c.caller[0]) == c.id:
+                c.stale = False
+            elif c.stale:
+                self.remote.pop(c.id, None)
+            else:
+                c.stale = True
 
     # ---- the state machine (owner only) --------------------------------------------------
     async def _invite(self, user: int, device: str, conv: int, media: str) -> dict[str, Any]:
@@ -284,6 +448,7 @@ class CallManager:
             return {"call": call_id, "state": "ended", "reason": "busy"}
         self.calls[call_id] = call
         self.local_parties.setdefault((user, device), set()).add(call_id)
+        self._seen(call)
         incoming = {
             "type": "call.incoming",
             "call": call_id,
@@ -337,6 +502,7 @@ class CallManager:
             call.answered = time.time()
             if call.timer is not None:
                 call.timer.cancel()
+            self._seen(call)
             self._to_device(
                 call.caller, {"type": "call.accepted", "call": call.id, "device": device}
             )
