@@ -20,6 +20,7 @@ const REASON = {
   hangup: 'Call ended',
   disconnected: 'Call ended: connection lost',
   server_shutdown: 'Call ended: the server restarted',
+  server_lost: 'Call ended: its server stopped answering',
   failed: 'Call failed: no media connection',
   media: 'Call failed: no camera or microphone',
 };
