@@ -69,7 +69,7 @@ report() {
       ansible-inventory -i inventory/local --graph | awk -v h="$h" '
         /@/ {g=$0; sub(/.*@/, "", g); sub(/:$/, "", g)} index($0, h) {print g}' | grep -v '^all$' | sort -u | paste -sd, -)
     services=$(podman exec "$h" bash -c '
-      for u in nginx berrychat mariadb redis-server prometheus grafana-server; do
+      for u in nginx berrychat mariadb redis-server coturn prometheus grafana-server; do
         systemctl list-units --type=service --state=active --no-legend "$u*" 2>/dev/null | awk "{print \$1}"
       done' | sed 's/\.service//' | paste -sd, -)
     printf '%-16s %-8s %-40s %s\n' "$h" "$arch" "$groups" "${services:--}"
