@@ -11,10 +11,13 @@ ARCH=${DEMO_ARCH:-arm64}
 HTTP_PORT=${DEMO_HTTP_PORT:-8080}
 HTTPS_PORT=${DEMO_HTTPS_PORT:-8443}
 APT_CACHE=${BERRYCHAT_APT_CACHE:-/var/cache/berrychat/apt}/$ARCH
+# What the last successful deploy was made from (see deployed()).
+STAMP=.cache/demo-deployed-$ARCH
 
 down() {
   for h in "${HOSTS[@]}"; do podman rm -f -t 10 "$h" >/dev/null 2>&1 || true; done
   podman network rm "$NETWORK" >/dev/null 2>&1 || true
+  rm -f "$STAMP"
   echo "virtual fleet removed (generated secrets kept in .secrets/local/)"
 }
 
@@ -94,12 +97,36 @@ admin_key() {
   fi
 }
 
+deploy_id() {
+  # Everything site.yml deploys from, and the containers it deployed to: a change in any file
+  # below, or a recreated container, means deploying again.
+  {
+    find ansible.cfg requirements.yml playbooks roles templates inventory/local \
+      server/pyproject.toml server/berrychat -type f -not -path '*/__pycache__/*' -print0 |
+      sort -z | xargs -0 sha256sum
+    for h in "${HOSTS[@]}"; do podman inspect -f '{{.Id}}' "$h"; done
+  } | sha256sum | cut -d' ' -f1
+}
+
+deployed() {
+  # An arm64 site.yml takes most of an hour: skip it when this fleet was deployed from exactly
+  # this tree and the edge answers. DEMO_REDEPLOY=1 (or any change) runs it again.
+  [[ -z "${DEMO_REDEPLOY:-}" && -f "$STAMP" && "$(cat "$STAMP")" == "$(deploy_id)" ]] || return 1
+  curl -skf -o /dev/null --max-time 20 "https://127.0.0.1:$HTTPS_PORT/app/"
+}
+
 case "${1:-up}" in
   up)
     admin_key
     podman image exists "localhost/berrychat-pi:$ARCH" || bash images/build.sh "$ARCH"
     start_fleet
-    ansible-playbook -i inventory/local playbooks/site.yml
+    if deployed; then
+      echo "The fleet is already deployed from this tree and answers; not running site.yml" \
+        "(DEMO_REDEPLOY=1 make demo runs it again)."
+    else
+      ansible-playbook -i inventory/local playbooks/site.yml
+      mkdir -p .cache && deploy_id > "$STAMP"
+    fi
     report
     ;;
   down) down ;;
