@@ -258,20 +258,29 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# Cheap password hashing and rate limits off unless a test turns one on (tests log in and
+# flood from loopback): the config sections every test server starts with.
+TEST_AUTH: dict[str, Any] = {
+    "argon2_time_cost": 1,
+    "argon2_memory_kib": 64,
+    "argon2_parallelism": 1,
+}
+TEST_LIMITS: dict[str, Any] = {
+    "group_commit_ms": 1,
+    "messages_per_user": 0,
+    "messages_per_ip": 0,
+    "logins_per_user": 0,
+    "logins_per_ip": 0,
+    "registrations_per_ip": 0,
+}
+
+
 def make_settings(db: dict[str, Any], **over: Any) -> config.Settings:
     base: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0},
         "database": db,
-        "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 64, "argon2_parallelism": 1},
-        # rate limits off unless a test turns one on (tests log in and flood from loopback)
-        "limits": {
-            "group_commit_ms": 1,
-            "messages_per_user": 0,
-            "messages_per_ip": 0,
-            "logins_per_user": 0,
-            "logins_per_ip": 0,
-            "registrations_per_ip": 0,
-        },
+        "auth": dict(TEST_AUTH),
+        "limits": dict(TEST_LIMITS),
         "presence": {"throttle_seconds": 0},
     }
     return config.from_dict(deep_merge(base, over), env={})

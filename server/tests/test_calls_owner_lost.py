@@ -23,7 +23,15 @@ from typing import Any
 
 import pytest
 from harness_cluster import ServeProcess, http_get, wait_tcp
-from support import PASSWORD, REDIS_SERVER, RedisServer, World, make_settings
+from support import (
+    PASSWORD,
+    REDIS_SERVER,
+    TEST_AUTH,
+    TEST_LIMITS,
+    RedisServer,
+    World,
+    make_settings,
+)
 
 from berrychat import shared
 from berrychat.calls import manager
@@ -110,15 +118,8 @@ async def test_killed_owner_ends_its_calls_on_the_other_processes(
     cfg = {
         "database": db,
         "redis": redis,
-        "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 64, "argon2_parallelism": 1},
-        "limits": {
-            "group_commit_ms": 1,
-            "messages_per_user": 0,
-            "messages_per_ip": 0,
-            "logins_per_user": 0,
-            "logins_per_ip": 0,
-            "registrations_per_ip": 0,
-        },
+        "auth": dict(TEST_AUTH),
+        "limits": dict(TEST_LIMITS),
         "calls": {"ring_timeout_seconds": 120},
         "uploads": {"dir": str(tmp_path / "uploads")},
     }
