@@ -51,8 +51,8 @@ images: host
 lint: venv
 	$(BIN)/yamllint -s .
 	cd . && PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint --profile production --offline -q
-	$(BIN)/ruff check server molecule tests
-	$(BIN)/ruff format --check server molecule tests
+	$(BIN)/ruff check server molecule tests plugins
+	$(BIN)/ruff format --check server molecule tests plugins
 
 test-server: venv host
 	$(BIN)/python -m pytest -q server/tests

@@ -84,7 +84,7 @@ report() {
   fi
   echo "Shell:       podman exec -it berrychat-pi-1 bash   (admin user 'pi', key .secrets/local/admin_ed25519)"
   echo "Secrets:     .secrets/local/ (generated on first deploy, kept on this machine)"
-  echo "Re-deploy:   ansible-playbook -i inventory/local playbooks/site.yml"
+  echo "Re-deploy:   ANSIBLE_STRATEGY=mitogen_linear ansible-playbook -i inventory/local playbooks/site.yml"
   echo "Remove:      make demo-down"
 }
 
@@ -124,7 +124,10 @@ case "${1:-up}" in
       echo "The fleet is already deployed from this tree and answers; not running site.yml" \
         "(DEMO_REDEPLOY=1 make demo runs it again)."
     else
-      ansible-playbook -i inventory/local playbooks/site.yml
+      # Mitogen (plugins/strategy): one emulated Python per Pi for the whole play instead of
+      # one per task. ANSIBLE_STRATEGY=linear runs Ansible's own strategy.
+      ANSIBLE_STRATEGY="${ANSIBLE_STRATEGY:-mitogen_linear}" \
+        ansible-playbook -i inventory/local playbooks/site.yml
       mkdir -p .cache && deploy_id > "$STAMP"
     fi
     report
