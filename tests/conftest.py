@@ -10,7 +10,7 @@ import pytest
 # Helpers shared with the scenarios' verifiers (e.g. secret_scan) live in molecule/shared.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "molecule" / "shared"))
 
-# The fleet scenario gets a test worker of its own (molecule/ci.yml `alone:`).
+# Greedy scheduling of Molecule scenarios; the fleet starts first (molecule/ci.yml `alone:`).
 from xdist_alone import (  # noqa: E402, F401  (hooks, registered by name)
     pytest_collection_modifyitems,
     pytest_xdist_make_scheduler,

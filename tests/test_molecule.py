@@ -147,3 +147,24 @@ def test_scenario(scenario: str) -> None:
         f"the -v output of molecule test -s {scenario} contains the value of generated "
         f"secret(s) {', '.join(leaked)}; log {log}"
     )
+
+
+def test_scenario_left_no_containers(scenario: str) -> None:
+    """No container of the scenario outlives its run (its final destroy removed every one).
+
+    Also the second test of the scenario's xdist group: a worker starts an item only once it
+    knows the next one, so this item is what lets a worker run its scenario without a second
+    scenario queued behind it (tests/xdist_alone.py hands out the next one only when it is free).
+    """
+    platforms = yaml.safe_load((ROOT / "molecule" / scenario / "molecule.yml").read_text())
+    wanted = {p["name"] for p in platforms.get("platforms") or []}
+    assert wanted, f"molecule/{scenario}/molecule.yml names no platforms"
+    listed = subprocess.run(
+        ["podman", "ps", "-a", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    left = sorted(wanted & set(listed))
+    assert not left, f"containers of {scenario} left behind: {left}"

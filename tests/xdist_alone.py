@@ -1,11 +1,15 @@
-"""A pytest-xdist scheduler that gives some scenarios a worker to themselves.
+"""A pytest-xdist scheduler that never queues a Molecule scenario behind another one.
 
-The scenarios named under `alone:` in molecule/ci.yml (the whole fleet: 25-45 minutes) run on
-an xdist worker of their own. xdist's load-group scheduler hands each worker up to three work
-units at a time, so a short scenario queued behind the fleet on its worker waited for the whole
-fleet run (monitoring once waited 24 minutes). A worker only starts an item once it knows the
-next one (pytest's nextitem), so the alone scenario's worker still gets exactly one companion:
-a plain test if one is left, else the last (shortest, see `slowest_first`) scenario.
+xdist's load-group scheduler hands a worker its next work unit while the current one still
+runs (a worker only starts an item once it knows the next one: pytest's nextitem). Behind a
+long scenario that unit waits: a short one once waited 24 minutes behind the fleet, and in a
+clean-clone run on 2026-12-07 mariadb waited 11 minutes behind monitoring while the two other
+workers had nothing left to do. Here a worker gets its next unit only when nothing but one
+test is left of its work: every scenario's group ends with a quick test
+(tests/test_molecule.py: test_scenario_left_no_containers), which is that known next item while
+the scenario runs, so the choice of what comes next is made when the worker is free (greedy list
+scheduling, the slowest scenarios first: molecule/ci.yml `slowest_first`).
+The scenarios under `alone:` (the whole fleet) are started first.
 Used by tests/conftest.py; tests/test_scheduling.py proves it on a small generated suite.
 """
 
@@ -26,8 +30,9 @@ def _alone_scenarios(config: pytest.Config) -> set[str]:
 
 
 def scenario_of(scope: str) -> str | None:
-    """The scenario of a work unit: `...::test_scenario[fleet]` (with or without `@fleet`)."""
-    found = re.search(r"::test_scenario\[([^\]]+)\]", scope)
+    """The scenario of a test or work unit: `...::test_scenario[fleet]` and its closing test
+    `...::test_scenario_left_no_containers[fleet]` (with or without `@fleet`)."""
+    found = re.search(r"::test_scenario(?:_left_no_containers)?\[([^\]]+)\]", scope)
     return found.group(1) if found else None
 
 
@@ -37,34 +42,31 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         return None
     from xdist.scheduler import LoadGroupScheduling
 
-    alone = _alone_scenarios(config)
-
-    class AloneScheduling(LoadGroupScheduling):
-        def _pending(self, node: Any) -> list[str]:
-            """The node's unfinished work units, in the order it runs them."""
-            work = self.assigned_work.get(node, {})
-            return [scope for scope, unit in work.items() if not all(unit.values())]
+    class GreedyScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            # One work unit per scenario: its run and its closing test. Named here, because
+            # xdist 3.8 cannot add `@group` to node ids under pytest 9 (it sets Item._nodeid,
+            # which pytest 9 no longer reads), so `xdist_group` marks alone group nothing.
+            name = scenario_of(nodeid)
+            return f"scenario:{name}" if name else super()._split_scope(nodeid)
 
         def _reschedule(self, node: Any) -> None:
-            pending = self._pending(node)
-            holds_alone = any(scenario_of(scope) in alone for scope in pending)
-            if self.workqueue and holds_alone and scenario_of(pending[-1]) not in alone:
-                return  # the alone scenario has its companion already: nothing more here
-            super()._reschedule(node)
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            # More than one test left (a scenario and its closing test, or more): the worker
+            # has what it needs to go on; the next unit is chosen once it is free.
+            if self._pending_of(self.assigned_work.get(node, {})) > 1:
+                return
+            self._assign_work_unit(node)
 
-        def _assign_work_unit(self, node: Any) -> None:
-            pending = self._pending(node)
-            if pending and scenario_of(pending[-1]) in alone and len(self.workqueue) > 1:
-                plain = [scope for scope in self.workqueue if scenario_of(scope) is None]
-                companion = plain[0] if plain else next(reversed(self.workqueue))
-                self.workqueue.move_to_end(companion, last=False)
-            super()._assign_work_unit(node)
-
-    return AloneScheduling(config, log)
+    return GreedyScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The alone scenarios first, so that a worker starts each at once (work goes out in
-    collection order) and the plain tests are left to be their companions."""
+    collection order)."""
     alone = _alone_scenarios(config)
     items.sort(key=lambda item: 0 if scenario_of(item.nodeid) in alone else 1)
