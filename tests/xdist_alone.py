@@ -3,8 +3,8 @@
 xdist's load-group scheduler hands a worker its next work unit while the current one still
 runs (a worker only starts an item once it knows the next one: pytest's nextitem). Behind a
 long scenario that unit waits: a short one once waited 24 minutes behind the fleet, and in a
-clean-clone run on 2026-12-07 mariadb waited 11 minutes behind monitoring while the two other
-workers had nothing left to do. Here a worker gets its next unit only when nothing but one
+clean-clone run on 2026-12-07 mariadb sat queued behind monitoring while another worker was
+idle for 6 minutes. Here a worker gets its next unit only when nothing but one
 test is left of its work: every scenario's group ends with a quick test
 (tests/test_molecule.py: test_scenario_left_no_containers), which is that known next item while
 the scenario runs, so the choice of what comes next is made when the worker is free (greedy list

@@ -38,15 +38,18 @@ def test_debian_bookworm_with_python(host):
     assert host.exists("python3")
 
 
-def test_memory_limit_is_applied(host):
-    name = host.backend.name
-    limit = subprocess.run(
-        ["podman", "inspect", "--format", "{{.HostConfig.Memory}}", name],
+def inspect(name: str, template: str) -> str:
+    """One field of `podman inspect` of a container, seen from the host."""
+    return subprocess.run(
+        ["podman", "inspect", "--format", template, name],
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
-    assert int(limit) == 1024**3
+
+
+def test_memory_limit_is_applied(host):
+    assert int(inspect(host.backend.name, "{{.HostConfig.Memory}}")) == 1024**3
 
 
 # The container's address on its (only) podman network.
@@ -56,12 +59,7 @@ NETWORK_ADDRESS = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
 def test_fleet_names_resolve_on_the_project_network(host):
     for other in hosts_in("all"):
         other_name = other.removeprefix("podman://")
-        address = subprocess.run(
-            ["podman", "inspect", "--format", NETWORK_ADDRESS, other_name],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        address = inspect(other_name, NETWORK_ADDRESS)
         # From /etc/hosts (molecule/shared/create.yml), not from aardvark-dns, which drops
         # queries while it reloads for other scenarios' containers.
         files = host.run(f"getent -s files hosts {other_name}")
